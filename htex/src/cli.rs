@@ -1,0 +1,395 @@
+//! Subcommands of `htex`; `htex --help` is the reference.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use htex_client::Client;
+use htex_interchange::{Interchange, InterchangeConfig};
+use htex_manager::{cpu_slots, Manager, ManagerConfig};
+use htex_protocol::{Command, StatusReport};
+
+use crate::local::LocalCluster;
+use crate::run::run_tasks;
+use crate::taskfile;
+
+#[derive(Parser)]
+#[command(
+    name = "htex",
+    version,
+    about = "A pilot-job task executor for GPU nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run a task file on an embedded local cluster (interchange, managers and workers).
+    Run(RunArgs),
+    /// Send a task file to a running interchange and wait for every result.
+    Submit(SubmitArgs),
+    /// Start an interchange: the client port and the manager port.
+    Interchange(InterchangeArgs),
+    /// Start a manager: connects to an interchange and runs one worker per slot.
+    Manager(ManagerArgs),
+    /// Serve tasks on stdin/stdout (what a manager spawns; not for direct use).
+    Worker,
+    /// Show an interchange's managers, slots, load and queue.
+    Status(StatusArgs),
+    /// Stop sending tasks to a manager; it finishes what it has and exits.
+    Drain {
+        #[command(flatten)]
+        target: InterchangeAddress,
+        /// The manager's id, as `htex status` shows it.
+        manager: String,
+    },
+    /// Shut an interchange down; its managers stop and outstanding tasks are cancelled.
+    Shutdown {
+        #[command(flatten)]
+        target: InterchangeAddress,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Task file: one JSON object per line.
+    tasks: PathBuf,
+    /// Where to write one JSON result line per task.
+    #[arg(long, default_value = "htex-results.jsonl")]
+    results: PathBuf,
+    /// Managers to start.
+    #[arg(long, default_value_t = 1)]
+    managers: usize,
+    /// Worker processes per manager (default: one per CPU core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    target: InterchangeAddress,
+    tasks: PathBuf,
+    #[arg(long, default_value = "htex-results.jsonl")]
+    results: PathBuf,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct InterchangeAddress {
+    /// Interchange host.
+    #[arg(long, default_value = "127.0.0.1")]
+    interchange: String,
+    /// Interchange client port.
+    #[arg(long)]
+    port: u16,
+}
+
+impl InterchangeAddress {
+    fn endpoint(&self) -> String {
+        format!("tcp://{}:{}", self.interchange, self.port)
+    }
+}
+
+#[derive(Args)]
+struct InterchangeArgs {
+    /// Address to listen on; 0.0.0.0 for every interface.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// Client port (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    client_port: u16,
+    /// Manager port (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    manager_port: u16,
+    /// Write the bound endpoints to this file as JSON.
+    #[arg(long)]
+    addresses_file: Option<PathBuf>,
+    /// Seconds between heartbeats.
+    #[arg(long, default_value_t = 2.0)]
+    heartbeat_period: f64,
+    /// Seconds of silence after which a manager is lost.
+    #[arg(long, default_value_t = 6.0)]
+    heartbeat_threshold: f64,
+}
+
+#[derive(Args)]
+struct ManagerArgs {
+    /// Interchange host.
+    #[arg(long, default_value = "127.0.0.1")]
+    interchange: String,
+    /// Interchange manager port.
+    #[arg(long)]
+    port: u16,
+    /// Worker processes (CPU slots; default: one per CPU core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Tasks held beyond one per worker (default: one per worker).
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// Name in the manager table (default: HOST-PID).
+    #[arg(long)]
+    manager_id: Option<String>,
+    /// Batch job this manager belongs to.
+    #[arg(long)]
+    block_id: Option<String>,
+    /// Program that serves as worker, with its arguments (default: `htex worker`).
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    worker_command: Option<Vec<String>>,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    target: InterchangeAddress,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line; errors are printed, not panicked.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Commands::Worker = cli.command {
+        return match htex_worker::serve(&htex_worker::Registry::with_builtins()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("htex worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(matches!(
+        cli.command,
+        Commands::Interchange(_) | Commands::Manager(_)
+    ));
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("htex: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(service: bool) {
+    let default = if service { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
+    match command {
+        Commands::Run(args) => run(args).await,
+        Commands::Submit(args) => submit(args).await,
+        Commands::Interchange(args) => interchange(args).await,
+        Commands::Manager(args) => manager(args).await,
+        Commands::Status(args) => status(args).await,
+        Commands::Drain { target, manager } => {
+            let client = Client::connect(&target.endpoint()).await?;
+            client
+                .command(Command::Drain {
+                    manager: manager.clone(),
+                })
+                .await?;
+            println!("manager {manager} is draining");
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Shutdown { target } => {
+            let client = Client::connect(&target.endpoint()).await?;
+            client.command(Command::Shutdown).await?;
+            println!("interchange shutting down");
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Worker => unreachable!("handled before the runtime starts"),
+    }
+}
+
+fn read_task_file(path: &PathBuf) -> anyhow::Result<Vec<taskfile::NamedTask>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read task file {}", path.display()))?;
+    match taskfile::parse(&text) {
+        Ok(tasks) if tasks.is_empty() => bail!("{}: no tasks", path.display()),
+        Ok(tasks) => Ok(tasks),
+        Err(errors) => {
+            let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            bail!(
+                "{} has {} bad line(s); nothing was run:\n{}",
+                path.display(),
+                errors.len(),
+                lines.join("\n")
+            )
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let tasks = read_task_file(&args.tasks)?;
+    let workers = args.workers.unwrap_or_else(default_workers);
+    if args.managers == 0 || workers == 0 {
+        bail!("--managers and --workers must be at least 1");
+    }
+    let cluster = LocalCluster::start(args.managers, workers, None).await?;
+    let client = Client::connect(cluster.client_endpoint()).await?;
+    let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
+    client.close().await;
+    cluster.stop().await;
+    outcome
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let tasks = read_task_file(&args.tasks)?;
+    let client = Client::connect(&args.target.endpoint()).await?;
+    let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
+    client.close().await;
+    outcome
+}
+
+async fn write_results(
+    client: &Client,
+    tasks: Vec<taskfile::NamedTask>,
+    results: &PathBuf,
+    progress: bool,
+) -> anyhow::Result<ExitCode> {
+    let file = File::create(results)
+        .with_context(|| format!("cannot create results file {}", results.display()))?;
+    let mut out = BufWriter::new(file);
+    let show = progress && std::io::stderr().is_terminal();
+    let summary = run_tasks(client, tasks, &mut out, show).await?;
+    summary.print(&results.display().to_string());
+    Ok(if summary.failures() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
+    let seconds = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s).with_context(|| format!("--{what} must be positive"))
+    };
+    let config = InterchangeConfig {
+        client_bind: format!("tcp://{}:{}", args.address, args.client_port),
+        manager_bind: format!("tcp://{}:{}", args.address, args.manager_port),
+        heartbeat_period: seconds(args.heartbeat_period, "heartbeat-period")?,
+        heartbeat_threshold: seconds(args.heartbeat_threshold, "heartbeat-threshold")?,
+        addresses_file: args.addresses_file,
+        ..InterchangeConfig::default()
+    };
+    let interchange = Interchange::start(config).await?;
+    println!("client endpoint: {}", interchange.client_endpoint());
+    println!("manager endpoint: {}", interchange.manager_endpoint());
+    let stopper = interchange.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.stop();
+    });
+    interchange.wait().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn manager(args: ManagerArgs) -> anyhow::Result<ExitCode> {
+    let workers = args.workers.unwrap_or_else(default_workers);
+    if workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let mut config =
+        ManagerConfig::new(format!("tcp://{}:{}", args.interchange, args.port), workers);
+    config.slots = cpu_slots(workers);
+    config.prefetch = args.prefetch.unwrap_or(workers);
+    config.block_id = args.block_id;
+    if let Some(id) = args.manager_id {
+        config.manager_id = id;
+    }
+    if let Some(command) = args.worker_command {
+        config.worker_command = command;
+    }
+    let manager = Manager::start(config).await?;
+    let stopper = manager.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stopper.stop();
+    });
+    let id = manager.id().to_string();
+    manager
+        .wait()
+        .await
+        .with_context(|| format!("manager {id}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(&args.target.endpoint()).await?;
+    let report = client.status().await?;
+    client.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&report))?);
+    } else {
+        print_status(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(report: &StatusReport) -> serde_json::Value {
+    serde_json::to_value(report).unwrap_or_default()
+}
+
+fn print_status(report: &StatusReport) {
+    println!(
+        "{} (protocol {}), up {:.0} s: {} client(s), {} queued, {} outstanding",
+        report.interchange,
+        report.protocol_version,
+        report.uptime_ms as f64 / 1000.0,
+        report.clients,
+        report.queued,
+        report.outstanding
+    );
+    println!(
+        "{:<24} {:<16} {:<10} {:>5} {:>9} {:>10}",
+        "MANAGER", "HOST", "STATE", "SLOTS", "TASKS", "HEARTBEAT"
+    );
+    for m in &report.managers {
+        println!(
+            "{:<24} {:<16} {:<10} {:>5} {:>4}/{:<4} {:>8}ms",
+            m.id,
+            m.hostname,
+            format!("{:?}", m.state),
+            m.slots.len(),
+            m.tasks,
+            m.capacity,
+            m.last_heartbeat_ms_ago
+        );
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,79 @@
+//! An embedded cluster: an interchange on loopback and managers in this process, each with real
+//! worker processes. `htex run` uses it, and so do the tests.
+
+use htex_interchange::{Interchange, InterchangeConfig, InterchangeError};
+use htex_manager::{Manager, ManagerConfig, ManagerError};
+
+/// What can stop a local cluster from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalClusterError {
+    #[error(transparent)]
+    Interchange(#[from] InterchangeError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// An interchange and its managers, all in this process.
+pub struct LocalCluster {
+    interchange: Interchange,
+    managers: Vec<Manager>,
+}
+
+impl LocalCluster {
+    /// `managers` managers with `workers` CPU slots each; `worker_command` starts a worker (the
+    /// default runs this executable's `htex worker`).
+    pub async fn start(
+        managers: usize,
+        workers: usize,
+        worker_command: Option<Vec<String>>,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        Self::start_with(InterchangeConfig::default(), managers, |i, endpoint| {
+            let mut config = ManagerConfig::new(endpoint, workers);
+            config.manager_id = format!("local-{i}");
+            if let Some(command) = &worker_command {
+                config.worker_command = command.clone();
+            }
+            config
+        })
+        .await
+    }
+
+    /// Full control: the interchange's config, and a function that makes manager `i`'s config
+    /// from the interchange's manager endpoint.
+    pub async fn start_with(
+        interchange: InterchangeConfig,
+        managers: usize,
+        manager_config: impl Fn(usize, &str) -> ManagerConfig,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        let interchange = Interchange::start(interchange).await?;
+        let mut started = Vec::with_capacity(managers);
+        for i in 0..managers {
+            let config = manager_config(i, interchange.manager_endpoint());
+            started.push(Manager::start(config).await?);
+        }
+        Ok(LocalCluster {
+            interchange,
+            managers: started,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn client_endpoint(&self) -> &str {
+        self.interchange.client_endpoint()
+    }
+
+    /// Where more managers connect.
+    pub fn manager_endpoint(&self) -> &str {
+        self.interchange.manager_endpoint()
+    }
+
+    /// Stops the managers (killing their workers), then the interchange.
+    pub async fn stop(self) {
+        for manager in self.managers {
+            if let Err(e) = manager.stop().await {
+                tracing::debug!("manager ended with: {e}");
+            }
+        }
+        self.interchange.shutdown().await;
+    }
+}

@@ -1,0 +1,677 @@
+//! The interchange's event loop. One task owns every table; socket receive loops feed it events.
+//! After each burst of events it dispatches queued tasks and flushes buffered results, so batches
+//! form under load without delaying a lone task.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::Bytes;
+use htex_protocol::{
+    now_us, ClientHello, ClientReply, ClientRequest, Command, CommandReply, InterchangeMessage,
+    ManagerMessage, ManagerState, Registration, StatusReport, TaskError, TaskKind, TaskResult,
+    TaskSpec, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+
+use crate::queue::{GlobalId, TaskQueue};
+use crate::records::{ClientRecord, ManagerRecord, TaskRecord, TaskState};
+use crate::sockets::{hex, Router};
+use crate::InterchangeConfig;
+
+/// A decoded frame, or why it could not be decoded and the protocol version it claimed.
+pub(crate) type Incoming<T> = Result<T, (String, Option<u32>)>;
+
+pub(crate) enum Event {
+    Client(Bytes, Incoming<ClientRequest>),
+    Manager(Bytes, Incoming<ManagerMessage>),
+    Stop,
+}
+
+/// Most events handled between two dispatch rounds.
+const EVENT_BURST: usize = 4096;
+/// Most tasks set aside in one dispatch round because only busy managers could run them.
+const MAX_DEFERRED: usize = 1024;
+
+pub(crate) async fn run(
+    config: InterchangeConfig,
+    clients: Router,
+    managers: Router,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
+    let mut state = State::new(config, clients, managers);
+    let mut tick = tokio::time::interval(state.config.heartbeat_period);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = tick.tick() => {
+                state.on_tick().await;
+                state.flush_results().await;
+                continue;
+            }
+        };
+        let Some(mut event) = event else { break };
+        let mut handled = 0;
+        let stop = loop {
+            if state.handle(event).await == Flow::Stop {
+                break true;
+            }
+            handled += 1;
+            match events.try_recv() {
+                Ok(next) if handled < EVENT_BURST => event = next,
+                Ok(next) => {
+                    state.dispatch().await;
+                    state.flush_results().await;
+                    handled = 0;
+                    event = next;
+                }
+                Err(_) => break false,
+            }
+        };
+        if stop {
+            state.shut_down().await;
+            break;
+        }
+        state.dispatch().await;
+        state.flush_results().await;
+    }
+    // zmq.rs gives no way to wait for queued frames to reach the wire: give them a moment.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    tracing::info!("interchange stopped");
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct State {
+    config: InterchangeConfig,
+    client_sock: Router,
+    manager_sock: Router,
+    started: Instant,
+    tasks: HashMap<GlobalId, TaskRecord>,
+    queue: TaskQueue,
+    parked: Vec<GlobalId>,
+    next_id: GlobalId,
+    clients: HashMap<Bytes, ClientRecord>,
+    managers: HashMap<u64, ManagerRecord>,
+    manager_keys: HashMap<Bytes, u64>,
+    next_manager_key: u64,
+    /// Round-robin cursor over managers, so batches spread evenly.
+    cursor: usize,
+    /// Results waiting for the next flush, per client.
+    outbox: HashMap<Bytes, Vec<TaskResult>>,
+}
+
+impl State {
+    fn new(config: InterchangeConfig, client_sock: Router, manager_sock: Router) -> Self {
+        State {
+            config,
+            client_sock,
+            manager_sock,
+            started: Instant::now(),
+            tasks: HashMap::new(),
+            queue: TaskQueue::default(),
+            parked: Vec::new(),
+            next_id: 1,
+            clients: HashMap::new(),
+            managers: HashMap::new(),
+            manager_keys: HashMap::new(),
+            next_manager_key: 1,
+            cursor: 0,
+            outbox: HashMap::new(),
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Flow {
+        match event {
+            Event::Client(peer, message) => self.on_client(peer, message).await,
+            Event::Manager(peer, message) => {
+                self.on_manager(peer, message).await;
+                Flow::Continue
+            }
+            Event::Stop => Flow::Stop,
+        }
+    }
+
+    // ---- clients ----
+
+    async fn on_client(&mut self, peer: Bytes, message: Incoming<ClientRequest>) -> Flow {
+        let request = match message {
+            Ok(request) => request,
+            Err((reason, claimed)) => {
+                let reply = match claimed.filter(|v| *v != PROTOCOL_VERSION) {
+                    Some(v) => ClientReply::Refused {
+                        reason: version_mismatch("client", v),
+                    },
+                    None => ClientReply::Error {
+                        message: format!("malformed message: {reason}"),
+                    },
+                };
+                tracing::warn!("bad frame from client {}: {reason}", hex(&peer));
+                self.client_sock.send(&peer, &reply).await;
+                return Flow::Continue;
+            }
+        };
+        if let ClientRequest::Hello(hello) = request {
+            self.on_hello(peer, hello).await;
+            return Flow::Continue;
+        }
+        if !self.clients.contains_key(&peer) {
+            let message = "unknown client: send Hello before anything else".to_string();
+            self.client_sock
+                .send(&peer, &ClientReply::Error { message })
+                .await;
+            return Flow::Continue;
+        }
+        match request {
+            ClientRequest::Hello(_) => unreachable!("handled above"),
+            ClientRequest::Submit(specs) => {
+                let received_us = now_us();
+                for spec in specs {
+                    self.accept(&peer, spec, received_us);
+                }
+            }
+            ClientRequest::Cancel(ids) => {
+                for id in ids {
+                    let gid = self
+                        .clients
+                        .get(&peer)
+                        .and_then(|c| c.tasks.get(&id))
+                        .copied();
+                    if let Some(gid) = gid {
+                        self.cancel(gid, "cancelled by the client").await;
+                    }
+                }
+            }
+            ClientRequest::Command {
+                request_id,
+                command,
+            } => {
+                let stop = command == Command::Shutdown;
+                let reply = self.on_command(command).await;
+                let message = ClientReply::CommandReply { request_id, reply };
+                self.client_sock.send(&peer, &message).await;
+                if stop {
+                    return Flow::Stop;
+                }
+            }
+            ClientRequest::Heartbeat => {}
+            ClientRequest::Goodbye => {
+                if let Some(client) = self.clients.remove(&peer) {
+                    tracing::info!(client = %client.name, "client left");
+                    for gid in client.tasks.into_values() {
+                        self.cancel(gid, "the client left").await;
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn on_hello(&mut self, peer: Bytes, hello: ClientHello) {
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let reason = version_mismatch("client", hello.protocol_version);
+            tracing::warn!(client = %hello.name, "{reason}");
+            self.client_sock
+                .send(&peer, &ClientReply::Refused { reason })
+                .await;
+            return;
+        }
+        tracing::info!(client = %hello.name, "client connected");
+        self.clients
+            .entry(peer.clone())
+            .or_insert_with(|| ClientRecord {
+                name: hello.name,
+                tasks: HashMap::new(),
+            });
+        let welcome = ClientReply::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            interchange: format!("htex {}", env!("CARGO_PKG_VERSION")),
+        };
+        self.client_sock.send(&peer, &welcome).await;
+    }
+
+    /// Takes a submitted task into the queue, or answers it at once when it is invalid.
+    fn accept(&mut self, peer: &Bytes, mut spec: TaskSpec, received_us: u64) {
+        let client = self
+            .clients
+            .get_mut(peer)
+            .expect("caller checked the client");
+        let invalid = if client.tasks.contains_key(&spec.id) {
+            Some(format!(
+                "task id {} is already outstanding for this client",
+                spec.id
+            ))
+        } else {
+            validate(&spec)
+        };
+        if let Some(message) = invalid {
+            let result = TaskResult::error(spec.id, TaskError::BadRequest { message });
+            self.outbox.entry(peer.clone()).or_default().push(result);
+            return;
+        }
+        let gid = self.next_id;
+        self.next_id += 1;
+        client.tasks.insert(spec.id, gid);
+        let client_task_id = spec.id;
+        spec.id = gid;
+        self.queue.push(spec.priority, gid);
+        let record = TaskRecord {
+            client: peer.clone(),
+            client_task_id,
+            spec,
+            state: TaskState::Queued,
+            received_us,
+            dispatched_us: 0,
+            losses: 0,
+        };
+        self.tasks.insert(gid, record);
+    }
+
+    /// Ends a task with `Cancelled`: at once when it is not on a manager, else through the
+    /// manager, whose answer is the task's one result.
+    async fn cancel(&mut self, gid: GlobalId, reason: &str) {
+        let Some(record) = self.tasks.get(&gid) else {
+            return;
+        };
+        if let TaskState::Dispatched { manager } = record.state {
+            if let Some(m) = self.managers.get(&manager) {
+                let peer = m.peer.clone();
+                self.manager_sock
+                    .send(&peer, &InterchangeMessage::Cancel(vec![gid]))
+                    .await;
+                return;
+            }
+        }
+        self.finish(
+            gid,
+            TaskError::Cancelled {
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    async fn on_command(&mut self, command: Command) -> CommandReply {
+        let target = match &command {
+            Command::Status => return CommandReply::Status(self.status()),
+            Command::Shutdown => return CommandReply::Done,
+            Command::Drain { manager }
+            | Command::Hold { manager }
+            | Command::Release { manager } => manager,
+        };
+        let found = self
+            .managers
+            .iter_mut()
+            .find(|(_, m)| &m.registration.manager_id == target);
+        let Some((_, record)) = found else {
+            let known: Vec<_> = self
+                .managers
+                .values()
+                .map(|m| m.registration.manager_id.as_str())
+                .collect();
+            let message = format!("no manager `{target}`; connected: [{}]", known.join(", "));
+            return CommandReply::Error { message };
+        };
+        let peer = record.peer.clone();
+        match command {
+            Command::Drain { .. } => {
+                record.state = ManagerState::Draining;
+                self.manager_sock
+                    .send(&peer, &InterchangeMessage::Drain)
+                    .await;
+            }
+            Command::Hold { .. } if record.state == ManagerState::Active => {
+                record.state = ManagerState::Held;
+            }
+            Command::Release { .. } if record.state == ManagerState::Held => {
+                record.state = ManagerState::Active;
+            }
+            _ => {
+                let message = format!("manager `{target}` is {:?}", record.state);
+                return CommandReply::Error { message };
+            }
+        }
+        CommandReply::Done
+    }
+
+    fn status(&self) -> StatusReport {
+        let now = Instant::now();
+        let queued = self
+            .tasks
+            .values()
+            .filter(|t| !matches!(t.state, TaskState::Dispatched { .. }));
+        let mut managers: Vec<_> = self.managers.values().map(|m| m.status(now)).collect();
+        managers.sort_by(|a, b| a.id.cmp(&b.id));
+        StatusReport {
+            interchange: format!("htex {}", env!("CARGO_PKG_VERSION")),
+            protocol_version: PROTOCOL_VERSION,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            clients: self.clients.len() as u32,
+            queued: queued.count() as u64,
+            outstanding: self.tasks.len() as u64,
+            managers,
+        }
+    }
+
+    // ---- managers ----
+
+    async fn on_manager(&mut self, peer: Bytes, message: Incoming<ManagerMessage>) {
+        let message = match message {
+            Ok(message) => message,
+            Err((reason, claimed)) => {
+                if let Some(v) = claimed.filter(|v| *v != PROTOCOL_VERSION) {
+                    let reason = version_mismatch("manager", v);
+                    tracing::warn!("refusing manager {}: {reason}", hex(&peer));
+                    self.manager_sock
+                        .send(&peer, &InterchangeMessage::Refused { reason })
+                        .await;
+                } else {
+                    tracing::warn!("dropping a bad frame from manager {}: {reason}", hex(&peer));
+                }
+                return;
+            }
+        };
+        if let ManagerMessage::Register(registration) = message {
+            self.on_register(peer, registration).await;
+            return;
+        }
+        let Some(&key) = self.manager_keys.get(&peer) else {
+            let reason = "unknown manager: register first".to_string();
+            self.manager_sock
+                .send(&peer, &InterchangeMessage::Refused { reason })
+                .await;
+            return;
+        };
+        if let Some(record) = self.managers.get_mut(&key) {
+            record.last_seen = Instant::now();
+        }
+        match message {
+            ManagerMessage::Register(_) => unreachable!("handled above"),
+            ManagerMessage::Results(results) => {
+                for result in results {
+                    self.complete(key, result);
+                }
+            }
+            ManagerMessage::Heartbeat => {}
+            ManagerMessage::Goodbye => self.lose_manager(key, "it said goodbye"),
+        }
+    }
+
+    async fn on_register(&mut self, peer: Bytes, registration: Registration) {
+        if registration.protocol_version != PROTOCOL_VERSION {
+            let reason = version_mismatch("manager", registration.protocol_version);
+            tracing::warn!(manager = %registration.manager_id, "{reason}");
+            self.manager_sock
+                .send(&peer, &InterchangeMessage::Refused { reason })
+                .await;
+            return;
+        }
+        // A manager that registers again (a new connection, or a restart) replaces its old record.
+        let stale: Vec<u64> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| m.peer == peer || m.registration.manager_id == registration.manager_id)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            self.lose_manager(key, "it registered again");
+        }
+        let key = self.next_manager_key;
+        self.next_manager_key += 1;
+        tracing::info!(
+            manager = %registration.manager_id,
+            host = %registration.hostname,
+            slots = registration.slots.len(),
+            "manager registered"
+        );
+        self.manager_keys.insert(peer.clone(), key);
+        let record = ManagerRecord {
+            peer: peer.clone(),
+            registration,
+            state: ManagerState::Active,
+            last_seen: Instant::now(),
+            tasks: Default::default(),
+        };
+        self.managers.insert(key, record);
+        let welcome = InterchangeMessage::Registered {
+            heartbeat_period_ms: self.config.heartbeat_period.as_millis() as u64,
+            heartbeat_threshold_ms: self.config.heartbeat_threshold.as_millis() as u64,
+        };
+        self.manager_sock.send(&peer, &welcome).await;
+        // Parked tasks get another look now that new slots exist.
+        for gid in std::mem::take(&mut self.parked) {
+            if let Some(record) = self.tasks.get_mut(&gid) {
+                record.state = TaskState::Queued;
+                self.queue.push(record.spec.priority, gid);
+            }
+        }
+    }
+
+    /// Records a manager's result; results for tasks it no longer holds are duplicates.
+    fn complete(&mut self, manager: u64, mut result: TaskResult) {
+        let gid = result.id;
+        let holds =
+            self.tasks.get(&gid).map(|t| t.state) == Some(TaskState::Dispatched { manager });
+        if !holds {
+            tracing::debug!(task = gid, "dropping a duplicate or unknown result");
+            return;
+        }
+        if let Some(m) = self.managers.get_mut(&manager) {
+            m.tasks.remove(&gid);
+        }
+        let record = self.tasks.remove(&gid).expect("checked above");
+        if let Some(client) = self.clients.get_mut(&record.client) {
+            client.tasks.remove(&record.client_task_id);
+        }
+        result.id = record.client_task_id;
+        result.timings.submitted_us = record.spec.submitted_us;
+        result.timings.received_us = record.received_us;
+        result.timings.dispatched_us = record.dispatched_us;
+        result.attempts = record.losses + 1;
+        self.outbox.entry(record.client).or_default().push(result);
+    }
+
+    /// Ends a task that is not on a manager with an error.
+    fn finish(&mut self, gid: GlobalId, error: TaskError) {
+        let Some(record) = self.tasks.remove(&gid) else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(&record.client) {
+            client.tasks.remove(&record.client_task_id);
+        }
+        let mut result = TaskResult::error(record.client_task_id, error);
+        result.timings.submitted_us = record.spec.submitted_us;
+        result.timings.received_us = record.received_us;
+        result.attempts = record.losses;
+        self.outbox.entry(record.client).or_default().push(result);
+    }
+
+    /// Drops a manager; each task it held is queued again or, past its retries, `ManagerLost`.
+    fn lose_manager(&mut self, key: u64, why: &str) {
+        let Some(record) = self.managers.remove(&key) else {
+            return;
+        };
+        self.manager_keys.remove(&record.peer);
+        let name = record.registration.manager_id;
+        if record.tasks.is_empty() {
+            tracing::info!(manager = %name, "manager left: {why}");
+        } else {
+            tracing::warn!(manager = %name, tasks = record.tasks.len(), "manager lost: {why}");
+        }
+        for gid in record.tasks {
+            let Some(task) = self.tasks.get_mut(&gid) else {
+                continue;
+            };
+            task.losses += 1;
+            if task.losses > task.spec.max_retries {
+                self.finish(
+                    gid,
+                    TaskError::ManagerLost {
+                        manager: name.clone(),
+                    },
+                );
+            } else {
+                task.state = TaskState::Queued;
+                self.queue.push(task.spec.priority, gid);
+            }
+        }
+    }
+
+    // ---- dispatch and timers ----
+
+    /// Hands queued tasks to managers with free capacity, one batch per manager.
+    async fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let mut keys: Vec<u64> = self.managers.keys().copied().collect();
+        keys.sort_unstable();
+        let mut free: Vec<usize> = keys.iter().map(|k| self.managers[k].free()).collect();
+        let mut total_free: usize = free.iter().sum();
+        if total_free == 0 {
+            return;
+        }
+        let mut batches: Vec<Vec<TaskSpec>> = vec![Vec::new(); keys.len()];
+        let mut deferred = Vec::new();
+        let now = now_us();
+        while total_free > 0 && deferred.len() < MAX_DEFERRED {
+            let Some(gid) = self.queue.pop() else { break };
+            let Some(task) = self.tasks.get_mut(&gid) else {
+                continue;
+            };
+            if task.state != TaskState::Queued {
+                continue;
+            }
+            let n = keys.len();
+            let request = &task.spec.resources;
+            let chosen = (0..n)
+                .map(|i| (self.cursor + i) % n)
+                .find(|&i| free[i] > 0 && self.managers[&keys[i]].could_run(request));
+            match chosen {
+                Some(i) => {
+                    free[i] -= 1;
+                    total_free -= 1;
+                    self.cursor = (i + 1) % n;
+                    task.state = TaskState::Dispatched { manager: keys[i] };
+                    task.dispatched_us = now;
+                    batches[i].push(task.spec.clone());
+                    if let Some(m) = self.managers.get_mut(&keys[i]) {
+                        m.tasks.insert(gid);
+                    }
+                }
+                None if self.managers.values().any(|m| m.could_run(request)) => deferred.push(gid),
+                None => {
+                    task.state = TaskState::Parked {
+                        since: Instant::now(),
+                    };
+                    self.parked.push(gid);
+                }
+            }
+        }
+        for gid in deferred {
+            if let Some(task) = self.tasks.get(&gid) {
+                self.queue.push(task.spec.priority, gid);
+            }
+        }
+        for (key, batch) in keys.iter().zip(batches) {
+            if !batch.is_empty() {
+                let peer = self.managers[key].peer.clone();
+                self.manager_sock
+                    .send(&peer, &InterchangeMessage::Tasks(batch))
+                    .await;
+            }
+        }
+    }
+
+    async fn flush_results(&mut self) {
+        for (peer, results) in std::mem::take(&mut self.outbox) {
+            self.client_sock
+                .send(&peer, &ClientReply::Results(results))
+                .await;
+        }
+    }
+
+    /// Heartbeats out, silent managers lost, parked tasks past their grace `Unsatisfiable`.
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let threshold = self.config.heartbeat_threshold;
+        let silent: Vec<u64> = self
+            .managers
+            .iter()
+            .filter(|(_, m)| now.duration_since(m.last_seen) > threshold)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in silent {
+            self.lose_manager(key, &format!("no message for over {threshold:?}"));
+        }
+        let grace = self.config.unsatisfiable_grace;
+        let parked = std::mem::take(&mut self.parked);
+        for gid in parked {
+            let Some(task) = self.tasks.get(&gid) else {
+                continue;
+            };
+            match task.state {
+                TaskState::Parked { since } if now.duration_since(since) > grace => {
+                    let reason = format!(
+                        "{:?} fits no slot of the {} connected manager(s) after waiting {grace:?}",
+                        task.spec.resources,
+                        self.managers.len()
+                    );
+                    self.finish(gid, TaskError::Unsatisfiable { reason });
+                }
+                TaskState::Parked { .. } => self.parked.push(gid),
+                _ => {}
+            }
+        }
+        let peers: Vec<Bytes> = self.managers.values().map(|m| m.peer.clone()).collect();
+        for peer in peers {
+            self.manager_sock
+                .send(&peer, &InterchangeMessage::Heartbeat)
+                .await;
+        }
+        let peers: Vec<Bytes> = self.clients.keys().cloned().collect();
+        for peer in peers {
+            self.client_sock.send(&peer, &ClientReply::Heartbeat).await;
+        }
+    }
+
+    /// Tells managers to stop and ends every outstanding task with `Cancelled`.
+    async fn shut_down(&mut self) {
+        tracing::info!(outstanding = self.tasks.len(), "interchange shutting down");
+        let peers: Vec<Bytes> = self.managers.values().map(|m| m.peer.clone()).collect();
+        for peer in peers {
+            self.manager_sock
+                .send(&peer, &InterchangeMessage::Shutdown)
+                .await;
+        }
+        let gids: Vec<GlobalId> = self.tasks.keys().copied().collect();
+        for gid in gids {
+            self.finish(
+                gid,
+                TaskError::Cancelled {
+                    reason: "the interchange shut down".into(),
+                },
+            );
+        }
+        self.flush_results().await;
+    }
+}
+
+/// Why a task can never run, checked when it is submitted.
+fn validate(spec: &TaskSpec) -> Option<String> {
+    match &spec.kind {
+        TaskKind::Command(c) if c.argv.is_empty() => Some("command has an empty argv".into()),
+        TaskKind::Function { name, .. } if name.is_empty() => Some("function name is empty".into()),
+        TaskKind::Call { runner, .. } if runner.is_empty() => Some("runner name is empty".into()),
+        _ => None,
+    }
+}
+
+fn version_mismatch(peer: &str, theirs: u32) -> String {
+    format!(
+        "{peer} speaks htex protocol version {theirs}, this interchange speaks version \
+         {PROTOCOL_VERSION}; run the same htex release on both"
+    )
+}

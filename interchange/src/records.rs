@@ -1,0 +1,84 @@
+//! The interchange's tables: tasks, managers and clients, with their states.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+use htex_protocol::{ManagerState, ManagerStatus, Registration, ResourceRequest, TaskId, TaskSpec};
+
+use crate::queue::GlobalId;
+
+/// Where a task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// In the queue, waiting for capacity.
+    Queued,
+    /// No connected manager has a slot that could run it; waiting since then.
+    Parked { since: Instant },
+    /// Sent to a manager, waiting for its result.
+    Dispatched { manager: u64 },
+}
+
+/// An accepted task that has not been answered yet.
+pub(crate) struct TaskRecord {
+    pub client: Bytes,
+    pub client_task_id: TaskId,
+    /// The spec as the managers see it: `id` is the global id.
+    pub spec: TaskSpec,
+    pub state: TaskState,
+    pub received_us: u64,
+    pub dispatched_us: u64,
+    /// How many managers were lost while holding the task.
+    pub losses: u32,
+}
+
+/// A connected manager.
+pub(crate) struct ManagerRecord {
+    pub peer: Bytes,
+    pub registration: Registration,
+    pub state: ManagerState,
+    pub last_seen: Instant,
+    /// Tasks it holds, running or prefetched.
+    pub tasks: HashSet<GlobalId>,
+}
+
+impl ManagerRecord {
+    pub fn capacity(&self) -> usize {
+        self.registration.slots.len() + self.registration.prefetch as usize
+    }
+
+    /// How many more tasks it may be sent now.
+    pub fn free(&self) -> usize {
+        match self.state {
+            ManagerState::Active => self.capacity().saturating_sub(self.tasks.len()),
+            ManagerState::Held | ManagerState::Draining => 0,
+        }
+    }
+
+    /// Whether any of its slots could run a task with these needs.
+    pub fn could_run(&self, request: &ResourceRequest) -> bool {
+        request.is_any() || self.registration.slots.iter().any(|s| s.satisfies(request))
+    }
+
+    pub fn status(&self, now: Instant) -> ManagerStatus {
+        let r = &self.registration;
+        ManagerStatus {
+            id: r.manager_id.clone(),
+            hostname: r.hostname.clone(),
+            block_id: r.block_id.clone(),
+            version: r.version.clone(),
+            state: self.state,
+            slots: r.slots.clone(),
+            tasks: self.tasks.len() as u32,
+            capacity: self.capacity() as u32,
+            last_heartbeat_ms_ago: now.duration_since(self.last_seen).as_millis() as u64,
+        }
+    }
+}
+
+/// A client that said hello.
+pub(crate) struct ClientRecord {
+    pub name: String,
+    /// Its outstanding tasks, by the client's own ids.
+    pub tasks: HashMap<TaskId, GlobalId>,
+}

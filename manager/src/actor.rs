@@ -1,0 +1,432 @@
+//! The manager's event loop: one task owns the slots, the pending tasks and the result outbox.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use htex_protocol::{
+    InterchangeMessage, ManagerMessage, SlotRef, TaskError, TaskId, TaskResult, TaskSpec,
+    WorkerReply, WorkerRequest,
+};
+use tokio::sync::mpsc;
+
+use crate::link::{Heartbeat, Link};
+use crate::workers::WorkerProcess;
+use crate::{ManagerConfig, ManagerError};
+
+pub(crate) enum Event {
+    Interchange(InterchangeMessage),
+    InterchangeGone,
+    Worker {
+        slot: usize,
+        generation: u64,
+        event: WorkerEvent,
+    },
+    Stop,
+}
+
+pub(crate) enum WorkerEvent {
+    Reply(WorkerReply),
+    Exited(String),
+}
+
+/// What a slot's worker is doing.
+enum SlotState {
+    /// Spawned, not yet `Ready`.
+    Starting,
+    Idle,
+    Busy(RunningTask),
+    /// No process; a new one starts at `restart_at`.
+    Down {
+        restart_at: Instant,
+    },
+}
+
+struct RunningTask {
+    id: TaskId,
+    timeout_ms: Option<u64>,
+    deadline: Option<Instant>,
+    /// Set when the manager killed the worker on purpose, to report this instead of `WorkerLost`.
+    ending: Option<TaskError>,
+}
+
+struct Slot {
+    descriptor: htex_protocol::SlotDescriptor,
+    state: SlotState,
+    process: Option<WorkerProcess>,
+    generation: u64,
+    spawned_at: Instant,
+    /// Consecutive quick deaths, for restart backoff.
+    quick_deaths: u32,
+}
+
+/// Most events handled before pending tasks are assigned and results flushed.
+const EVENT_BURST: usize = 1024;
+/// How often deadlines, restarts and heartbeats are looked at.
+const TICK: Duration = Duration::from_millis(50);
+/// A worker that dies sooner than this after starting is restarted with a growing delay.
+const QUICK_DEATH: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(
+    config: ManagerConfig,
+    link: Link,
+    heartbeat: Heartbeat,
+    events_tx: mpsc::UnboundedSender<Event>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) -> Result<(), ManagerError> {
+    let mut state = State::new(config, link, heartbeat, events_tx);
+    for index in 0..state.slots.len() {
+        state.spawn_worker(index);
+    }
+    let mut tick = tokio::time::interval(TICK);
+    let outcome = loop {
+        let event = tokio::select! {
+            event = events.recv() => event.unwrap_or(Event::Stop),
+            _ = tick.tick() => {
+                if let Some(end) = state.on_tick().await {
+                    break end;
+                }
+                state.assign();
+                state.flush().await;
+                continue;
+            }
+        };
+        let mut event = event;
+        let mut handled = 0;
+        let end = loop {
+            if let Some(end) = state.handle(event).await {
+                break Some(end);
+            }
+            handled += 1;
+            match events.try_recv() {
+                Ok(next) if handled < EVENT_BURST => event = next,
+                _ => break None,
+            }
+        };
+        state.assign();
+        state.flush().await;
+        if let Some(end) = end {
+            break end;
+        }
+        if state.drained() {
+            state.link.send(&ManagerMessage::Goodbye).await;
+            break Ok(());
+        }
+    };
+    state.stop_workers();
+    // zmq.rs gives no way to wait for queued frames to reach the wire: give them a moment.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::info!(manager = %state.config.manager_id, "manager stopped");
+    outcome
+}
+
+struct State {
+    config: ManagerConfig,
+    link: Link,
+    heartbeat: Heartbeat,
+    events: mpsc::UnboundedSender<Event>,
+    slots: Vec<Slot>,
+    /// Tasks received and not yet on a worker, in arrival order.
+    pending: VecDeque<TaskSpec>,
+    outbox: Vec<TaskResult>,
+    draining: bool,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+impl State {
+    fn new(
+        config: ManagerConfig,
+        link: Link,
+        heartbeat: Heartbeat,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        let now = Instant::now();
+        let slots = config
+            .slots
+            .iter()
+            .map(|descriptor| Slot {
+                descriptor: descriptor.clone(),
+                state: SlotState::Down { restart_at: now },
+                process: None,
+                generation: 0,
+                spawned_at: now,
+                quick_deaths: 0,
+            })
+            .collect();
+        State {
+            config,
+            link,
+            heartbeat,
+            events,
+            slots,
+            pending: VecDeque::new(),
+            outbox: Vec::new(),
+            draining: false,
+            last_heard: now,
+            last_sent: now,
+        }
+    }
+
+    /// Handles one event; `Some` ends the manager.
+    async fn handle(&mut self, event: Event) -> Option<Result<(), ManagerError>> {
+        match event {
+            Event::Interchange(message) => {
+                self.last_heard = Instant::now();
+                return self.on_interchange(message);
+            }
+            Event::InterchangeGone => {
+                return Some(Err(ManagerError::InterchangeLost(
+                    self.link.endpoint.clone(),
+                )));
+            }
+            Event::Worker {
+                slot,
+                generation,
+                event,
+            } => {
+                if self.slots[slot].generation == generation {
+                    self.on_worker(slot, event);
+                }
+            }
+            Event::Stop => {
+                self.link.send(&ManagerMessage::Goodbye).await;
+                return Some(Ok(()));
+            }
+        }
+        None
+    }
+
+    fn on_interchange(&mut self, message: InterchangeMessage) -> Option<Result<(), ManagerError>> {
+        match message {
+            InterchangeMessage::Tasks(tasks) => self.pending.extend(tasks),
+            InterchangeMessage::Cancel(ids) => ids.into_iter().for_each(|id| self.cancel(id)),
+            InterchangeMessage::Drain => {
+                tracing::info!(
+                    "draining: finishing {} task(s), taking no more",
+                    self.load()
+                );
+                self.draining = true;
+            }
+            InterchangeMessage::Shutdown => {
+                tracing::info!("the interchange asked this manager to shut down");
+                return Some(Ok(()));
+            }
+            InterchangeMessage::Refused { reason } => {
+                return Some(Err(ManagerError::Refused(reason)))
+            }
+            InterchangeMessage::Heartbeat | InterchangeMessage::Registered { .. } => {}
+        }
+        None
+    }
+
+    fn on_worker(&mut self, index: usize, event: WorkerEvent) {
+        let manager = self.config.manager_id.clone();
+        let slot = &mut self.slots[index];
+        match event {
+            WorkerEvent::Reply(WorkerReply::Ready { pid, .. }) => {
+                tracing::debug!(slot = index, pid, "worker ready");
+                slot.state = SlotState::Idle;
+            }
+            WorkerEvent::Reply(WorkerReply::Done(mut result)) => {
+                if matches!(&slot.state, SlotState::Busy(t) if t.id == result.id) {
+                    slot.state = SlotState::Idle;
+                    slot.quick_deaths = 0;
+                    result.slot = Some(SlotRef {
+                        manager,
+                        slot: index as u32,
+                    });
+                    self.outbox.push(result);
+                } else {
+                    tracing::warn!(
+                        slot = index,
+                        task = result.id,
+                        "worker answered a task it was not given"
+                    );
+                }
+            }
+            WorkerEvent::Exited(detail) => {
+                let previous = std::mem::replace(
+                    &mut slot.state,
+                    SlotState::Down {
+                        restart_at: Instant::now(),
+                    },
+                );
+                slot.process = None;
+                if let SlotState::Busy(task) = previous {
+                    let error = task.ending.unwrap_or_else(|| {
+                        tracing::warn!(slot = index, task = task.id, "{detail}");
+                        TaskError::WorkerLost { detail }
+                    });
+                    let mut result = TaskResult::error(task.id, error);
+                    result.slot = Some(SlotRef {
+                        manager,
+                        slot: index as u32,
+                    });
+                    result.attempts = 1;
+                    self.outbox.push(result);
+                } else {
+                    tracing::warn!(slot = index, "{detail}");
+                }
+                if slot.spawned_at.elapsed() < QUICK_DEATH {
+                    slot.quick_deaths += 1;
+                } else {
+                    slot.quick_deaths = 0;
+                }
+                let backoff = restart_backoff(slot.quick_deaths);
+                slot.state = SlotState::Down {
+                    restart_at: Instant::now() + backoff,
+                };
+                if backoff.is_zero() {
+                    self.spawn_worker(index);
+                }
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        slot.generation += 1;
+        slot.spawned_at = Instant::now();
+        match WorkerProcess::spawn(
+            &self.config,
+            &slot.descriptor,
+            slot.generation,
+            self.events.clone(),
+        ) {
+            Ok(process) => {
+                slot.process = Some(process);
+                slot.state = SlotState::Starting;
+            }
+            Err(e) => {
+                slot.quick_deaths += 1;
+                let backoff = restart_backoff(slot.quick_deaths).max(Duration::from_millis(100));
+                tracing::error!(
+                    slot = index,
+                    "cannot start worker {:?}: {e}; retrying in {backoff:?}",
+                    self.config.worker_command
+                );
+                slot.state = SlotState::Down {
+                    restart_at: Instant::now() + backoff,
+                };
+            }
+        }
+    }
+
+    /// Cancels a task: dropped if still pending, its worker killed if running.
+    fn cancel(&mut self, id: TaskId) {
+        let reason = "cancelled by the client".to_string();
+        if let Some(pos) = self.pending.iter().position(|t| t.id == id) {
+            self.pending.remove(pos);
+            self.outbox
+                .push(TaskResult::error(id, TaskError::Cancelled { reason }));
+            return;
+        }
+        for slot in &mut self.slots {
+            if let (SlotState::Busy(task), Some(process)) = (&mut slot.state, &slot.process) {
+                if task.id == id && task.ending.is_none() {
+                    task.ending = Some(TaskError::Cancelled { reason });
+                    process.kill();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives pending tasks to idle workers whose slots satisfy them.
+    fn assign(&mut self) {
+        for slot in &mut self.slots {
+            if self.pending.is_empty() {
+                return;
+            }
+            let (SlotState::Idle, Some(process)) = (&slot.state, &slot.process) else {
+                continue;
+            };
+            let Some(pos) = self
+                .pending
+                .iter()
+                .position(|t| slot.descriptor.satisfies(&t.resources))
+            else {
+                continue;
+            };
+            let task = self.pending.remove(pos).expect("position is in range");
+            let deadline = task
+                .timeout_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms));
+            slot.state = SlotState::Busy(RunningTask {
+                id: task.id,
+                timeout_ms: task.timeout_ms,
+                deadline,
+                ending: None,
+            });
+            process.send(&WorkerRequest::Run(task));
+        }
+    }
+
+    async fn flush(&mut self) {
+        if !self.outbox.is_empty() {
+            let results = std::mem::take(&mut self.outbox);
+            self.link.send(&ManagerMessage::Results(results)).await;
+            self.last_sent = Instant::now();
+        }
+    }
+
+    /// Timeouts, restarts and heartbeats; `Some` ends the manager.
+    async fn on_tick(&mut self) -> Option<Result<(), ManagerError>> {
+        let now = Instant::now();
+        for index in 0..self.slots.len() {
+            let slot = &mut self.slots[index];
+            match &mut slot.state {
+                SlotState::Busy(task)
+                    if task.ending.is_none() && task.deadline.is_some_and(|d| now >= d) =>
+                {
+                    let after_ms = task.timeout_ms.unwrap_or(0);
+                    task.ending = Some(TaskError::Timeout { after_ms });
+                    if let Some(process) = &slot.process {
+                        process.kill();
+                    }
+                }
+                SlotState::Down { restart_at } if now >= *restart_at => self.spawn_worker(index),
+                _ => {}
+            }
+        }
+        if now.duration_since(self.last_heard) > self.heartbeat.threshold {
+            return Some(Err(ManagerError::InterchangeLost(
+                self.link.endpoint.clone(),
+            )));
+        }
+        if now.duration_since(self.last_sent) >= self.heartbeat.period {
+            self.link.send(&ManagerMessage::Heartbeat).await;
+            self.last_sent = now;
+        }
+        None
+    }
+
+    fn load(&self) -> usize {
+        self.pending.len()
+            + self
+                .slots
+                .iter()
+                .filter(|s| matches!(s.state, SlotState::Busy(_)))
+                .count()
+    }
+
+    fn drained(&self) -> bool {
+        self.draining && self.load() == 0 && self.outbox.is_empty()
+    }
+
+    fn stop_workers(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(process) = slot.process.take() {
+                process.kill();
+            }
+        }
+    }
+}
+
+/// No delay for a worker that ran a while; then 100 ms doubling up to 5 s for one that keeps dying.
+fn restart_backoff(quick_deaths: u32) -> Duration {
+    if quick_deaths <= 1 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(100u64 << (quick_deaths - 2).min(6)).min(Duration::from_secs(5))
+}

@@ -1,0 +1,147 @@
+//! The htex manager: one per node. It connects to the interchange, registers its slots, starts
+//! one worker process per slot, hands tasks to idle workers, and returns results in batches. A
+//! worker's death is noticed at once (its stdout closes): its task ends with `WorkerLost` and the
+//! worker is restarted.
+
+mod actor;
+mod link;
+mod slots;
+mod workers;
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use slots::cpu_slots;
+
+/// How a manager connects and what it runs.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// The interchange's manager endpoint, e.g. `tcp://10.0.0.1:54000`.
+    pub interchange: String,
+    /// This manager's name in the manager table; unique per interchange.
+    pub manager_id: String,
+    /// The batch job (block) this manager belongs to, if any.
+    pub block_id: Option<String>,
+    /// Worker slots; one worker process each.
+    pub slots: Vec<htex_protocol::SlotDescriptor>,
+    /// Tasks accepted beyond one per slot, so workers never wait for the network.
+    pub prefetch: usize,
+    /// Program and arguments that start a worker (`htex worker`, or a custom worker binary).
+    pub worker_command: Vec<String>,
+    /// Bytes of stdout and of stderr a command task keeps.
+    pub output_limit: usize,
+    /// How long to wait for the interchange to answer the registration.
+    pub connect_timeout: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl ManagerConfig {
+    /// A config with `workers` CPU slots, the stock worker of this executable, and defaults for
+    /// everything else.
+    pub fn new(interchange: impl Into<String>, workers: usize) -> Self {
+        let exe = std::env::current_exe()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "htex".into());
+        ManagerConfig {
+            interchange: interchange.into(),
+            manager_id: format!("{}-{}", hostname(), std::process::id()),
+            block_id: None,
+            slots: cpu_slots(workers),
+            prefetch: workers,
+            worker_command: vec![exe, "worker".into()],
+            output_limit: 1 << 20,
+            connect_timeout: Duration::from_secs(30),
+            max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("cannot connect to the interchange at {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+    #[error("the interchange refused this manager: {0}")]
+    Refused(String),
+    #[error("the interchange at {0} went silent")]
+    InterchangeLost(String),
+    #[error("the manager has no slots; give it at least one worker")]
+    NoSlots,
+    #[error("worker command is empty")]
+    NoWorkerCommand,
+}
+
+/// A running manager.
+pub struct Manager {
+    id: String,
+    stop: mpsc::UnboundedSender<actor::Event>,
+    task: JoinHandle<Result<(), ManagerError>>,
+}
+
+impl Manager {
+    /// Connects, registers and starts the workers. Returns once the interchange accepted it.
+    pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
+        if config.slots.is_empty() {
+            return Err(ManagerError::NoSlots);
+        }
+        if config.worker_command.is_empty() {
+            return Err(ManagerError::NoWorkerCommand);
+        }
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (link, heartbeat) = link::connect(&config, events_tx.clone()).await?;
+        tracing::info!(manager = %config.manager_id, slots = config.slots.len(), "manager registered");
+        let id = config.manager_id.clone();
+        let task = tokio::spawn(actor::run(
+            config,
+            link,
+            heartbeat,
+            events_tx.clone(),
+            events_rx,
+        ));
+        Ok(Manager {
+            id,
+            stop: events_tx,
+            task,
+        })
+    }
+
+    /// A handle that stops this manager from elsewhere (a signal handler, say).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops at once: workers are killed, and the interchange is told this manager is gone.
+    pub async fn stop(self) -> Result<(), ManagerError> {
+        let _ = self.stop.send(actor::Event::Stop);
+        self.wait().await
+    }
+
+    /// Waits until the manager exits (drained, shut down by the interchange, or lost it).
+    pub async fn wait(self) -> Result<(), ManagerError> {
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Stops a running [`Manager`]; see [`Manager::stopper`].
+#[derive(Clone)]
+pub struct Stopper(mpsc::UnboundedSender<actor::Event>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let _ = self.0.send(actor::Event::Stop);
+    }
+}

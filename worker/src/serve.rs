@@ -1,0 +1,88 @@
+//! The worker's loop over its stdin/stdout pipes.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::os::fd::FromRawFd;
+
+use htex_protocol::stdio::{read_frame, write_frame};
+use htex_protocol::{
+    decode, encode, now_us, CodecError, TaskKind, TaskResult, TaskSpec, Timings, WorkerReply,
+    WorkerRequest, DEFAULT_MAX_FRAME_BYTES,
+};
+
+use crate::command::{run_command, DEFAULT_OUTPUT_LIMIT};
+use crate::registry::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker pipe to the manager failed: {0}")]
+    Pipe(#[from] std::io::Error),
+    #[error("bad message from the manager: {0}")]
+    Codec(#[from] CodecError),
+}
+
+/// Serves tasks from the manager until stdin closes or a `Shutdown` arrives.
+///
+/// The protocol owns the original stdout; fd 1 is pointed at stderr so that anything a function
+/// prints cannot corrupt the frames.
+pub fn serve(registry: &Registry) -> Result<(), WorkerError> {
+    let output_limit = std::env::var("HTEX_OUTPUT_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_OUTPUT_LIMIT);
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let mut output = BufWriter::new(take_stdout()?);
+    let ready = WorkerReply::Ready {
+        pid: std::process::id(),
+        functions: registry.names(),
+    };
+    write_frame(&mut output, &encode(&ready)?)?;
+    while let Some(frame) = read_frame(&mut input, DEFAULT_MAX_FRAME_BYTES)? {
+        match decode::<WorkerRequest>(&frame, DEFAULT_MAX_FRAME_BYTES)? {
+            WorkerRequest::Run(spec) => {
+                let result = run_task(registry, spec, output_limit);
+                write_frame(&mut output, &encode(&WorkerReply::Done(result))?)?;
+            }
+            WorkerRequest::Shutdown => break,
+        }
+    }
+    Ok(())
+}
+
+/// Runs one task and times it; the manager fills in the slot.
+pub(crate) fn run_task(registry: &Registry, spec: TaskSpec, output_limit: usize) -> TaskResult {
+    let started_us = now_us();
+    let outcome = match &spec.kind {
+        TaskKind::Command(command) => run_command(command, output_limit),
+        TaskKind::Function { name, args } => registry
+            .call(name, args)
+            .map(htex_protocol::TaskOutput::Value),
+        TaskKind::Call { runner, .. } => Err(htex_protocol::TaskError::BadRequest {
+            message: format!("this slot hosts no warm runner `{runner}`"),
+        }),
+    };
+    TaskResult {
+        id: spec.id,
+        outcome,
+        timings: Timings {
+            started_us,
+            finished_us: now_us(),
+            ..Timings::default()
+        },
+        slot: None,
+        attempts: 1,
+    }
+}
+
+/// Moves the original stdout to a new descriptor for the protocol and points fd 1 at stderr.
+fn take_stdout() -> std::io::Result<File> {
+    // SAFETY: dup/dup2 on the process's own standard descriptors; the new descriptor is owned by
+    // the returned File and nothing else.
+    unsafe {
+        let protocol_fd = libc::dup(1);
+        if protocol_fd < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(File::from_raw_fd(protocol_fd))
+    }
+}
