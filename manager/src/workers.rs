@@ -71,6 +71,8 @@ impl WorkerProcess {
                 },
                 Err(e) => format!("unknown status ({e})"),
             };
+            // Commands the worker started may outlive it; they share its process group.
+            kill_group(pid);
             let detail = format!("worker pid {pid} ended ({status}; {why})");
             let _ = events.send(Event::Worker {
                 slot: slot_index,
@@ -93,11 +95,16 @@ impl WorkerProcess {
 
     /// Kills the worker and everything it started.
     pub fn kill(&self) {
-        if self.pid > 0 {
-            // SAFETY: signalling a process group this manager created; a stale group is harmless.
-            unsafe {
-                libc::kill(-(self.pid as i32), libc::SIGKILL);
-            }
+        kill_group(self.pid);
+    }
+}
+
+/// SIGKILL to the process group a worker leads.
+fn kill_group(pid: u32) {
+    if pid > 0 {
+        // SAFETY: signalling a process group this manager created; a stale group is harmless.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
         }
     }
 }

@@ -1,0 +1,94 @@
+//! `kill -9` of a worker process mid-task: that task ends with `WorkerLost`, the worker is
+//! restarted, and later tasks run.
+
+use std::time::Duration;
+
+use htex_client::{Task, TaskError};
+use htex_tests::{eventually, test_worker, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_loses_its_task_and_is_restarted() {
+    let cluster = TestCluster::start(test_worker!(), 1, 2).await;
+    let client = cluster.client().await;
+    let dir = std::env::temp_dir().join(format!("htex-worker-loss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pid_file = dir.join("pid");
+    let pid_path = pid_file.to_string_lossy().into_owned();
+
+    // Fill both slots with a noop stream and one long task that names its worker.
+    let victim = client.submit(Task::call("pid_then_sleep", &(pid_path, 60_000u64)).unwrap());
+    assert!(
+        eventually(Duration::from_secs(10), || pid_file.exists()).await,
+        "the long task never started"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the pid belongs to a worker process this test's manager started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+
+    let result = tokio::time::timeout(Duration::from_secs(5), victim)
+        .await
+        .expect("WorkerLost arrives at once, not after a heartbeat")
+        .unwrap();
+    match result.outcome {
+        Err(TaskError::WorkerLost { detail }) => {
+            assert!(
+                detail.contains(&pid.to_string()) && detail.contains("signal 9"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected WorkerLost, got {other:?}"),
+    }
+
+    // Later tasks run, and both slots serve again (one of them by a new process).
+    let pids: Vec<u32> =
+        futures::future::join_all((0..40).map(|_| client.call::<_, u32>("pid", &()).unwrap()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert!(!pids.contains(&(pid as u32)), "the killed worker answered");
+    let status = client.status().await.unwrap();
+    assert_eq!(status.outstanding, 0);
+    std::fs::remove_dir_all(&dir).ok();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeatedly_killed_workers_lose_only_their_own_tasks() {
+    let cluster = TestCluster::start(test_worker!(), 1, 2).await;
+    let client = cluster.client().await;
+    for round in 0..3 {
+        let dir = std::env::temp_dir().join(format!("htex-kill-{}-{round}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("pid");
+        let args = (pid_file.to_string_lossy().into_owned(), 60_000u64);
+        let victim = client.submit(Task::call("pid_then_sleep", &args).unwrap());
+        let bystanders: Vec<_> = (0..50)
+            .map(|i| client.call::<_, i64>("add", &(i, 1)).unwrap())
+            .collect();
+        assert!(eventually(Duration::from_secs(10), || pid_file.exists()).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: a worker process of this test's manager.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let lost = victim.await.unwrap();
+        assert!(
+            matches!(lost.outcome, Err(TaskError::WorkerLost { .. })),
+            "{lost:?}"
+        );
+        for (i, handle) in bystanders.into_iter().enumerate() {
+            assert_eq!(handle.await.unwrap(), i as i64 + 1);
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    cluster.stop().await;
+}
