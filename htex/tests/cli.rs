@@ -1,0 +1,242 @@
+//! The `htex` binary as users run it: `htex run` on the shipped example and on bad task files,
+//! and a hand-started interchange and manager driven by `htex submit` and `htex status`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HTEX: &str = env!("CARGO_BIN_EXE_htex");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("htex-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn result_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn run_executes_the_shipped_example() {
+    let dir = scratch("example");
+    let results = dir.join("results.jsonl");
+    let out = Command::new(HTEX)
+        .args(["run", "--quiet", "--results"])
+        .arg(&results)
+        .arg(repo_file("examples/tasks.jsonl"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let example = std::fs::read_to_string(repo_file("examples/tasks.jsonl")).unwrap();
+    let tasks = example
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .count();
+    let lines = result_lines(&results);
+    assert_eq!(lines.len(), tasks);
+    assert!(lines.iter().all(|l| l["outcome"] == "success"), "{lines:?}");
+    let hello = lines.iter().find(|l| l["id"] == "hello").unwrap();
+    assert_eq!(hello["stdout"], "hello from htex\n");
+    let echo = lines.iter().find(|l| l["id"] == "echo").unwrap();
+    assert_eq!(echo["value"]["numbers"], serde_json::json!([1, 2, 3]));
+    assert!(
+        stdout.contains(&format!("{tasks} succeeded, 0 failed")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_with_a_failing_task_exits_non_zero_and_reports_it() {
+    let dir = scratch("failing");
+    let tasks = dir.join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        "{\"id\": \"ok\", \"command\": [\"true\"]}\n{\"id\": \"bad\", \"command\": [\"false\"]}\n\
+         {\"id\": \"nofn\", \"function\": \"nope\"}\n",
+    )
+    .unwrap();
+    let results = dir.join("results.jsonl");
+    let out = Command::new(HTEX)
+        .args(["run", "--quiet", "--workers", "2", "--results"])
+        .arg(&results)
+        .arg(&tasks)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let lines = result_lines(&results);
+    let by_id = |id: &str| lines.iter().find(|l| l["id"] == id).unwrap().clone();
+    assert_eq!(by_id("ok")["outcome"], "success");
+    assert_eq!(
+        (
+            by_id("bad")["error"].clone(),
+            by_id("bad")["exit_code"].clone()
+        ),
+        ("Failed".into(), 1.into())
+    );
+    assert_eq!(by_id("nofn")["error"], "UnknownFunction");
+}
+
+#[test]
+fn a_malformed_line_is_reported_by_number_and_nothing_runs() {
+    let dir = scratch("malformed");
+    let marker = dir.join("ran");
+    let tasks = dir.join("tasks.jsonl");
+    let touch = format!(
+        "{{\"id\": \"touch\", \"command\": [\"touch\", \"{}\"]}}",
+        marker.display()
+    );
+    std::fs::write(
+        &tasks,
+        format!("{touch}\n{{\"id\": \"x\", \"command\": \"not a list\"}}\n"),
+    )
+    .unwrap();
+    let results = dir.join("results.jsonl");
+    let out = Command::new(HTEX)
+        .args(["run", "--results"])
+        .arg(&results)
+        .arg(&tasks)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 2:"), "{stderr}");
+    assert!(stderr.contains("nothing was run"), "{stderr}");
+    assert!(!marker.exists() && !results.exists());
+}
+
+/// Kills the process when dropped, so a failing test leaves nothing behind.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[test]
+fn hand_started_interchange_and_manager_serve_submit_and_status() {
+    let dir = scratch("by-hand");
+    let addresses = dir.join("addresses.json");
+    let interchange = Running(
+        Command::new(HTEX)
+            .args(["interchange", "--addresses-file"])
+            .arg(&addresses)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoints: serde_json::Value = serde_json::from_str(&wait_for_file(&addresses)).unwrap();
+    let port = |key: &str| {
+        endpoints[key]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (client_port, manager_port) = (port("client"), port("manager"));
+    let mut manager = Running(
+        Command::new(HTEX)
+            .args([
+                "manager",
+                "--port",
+                &manager_port,
+                "--workers",
+                "2",
+                "--manager-id",
+                "by-hand",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The manager logs once it is registered.
+    let mut log = BufReader::new(manager.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("manager registered") {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "manager exited before registering"
+        );
+    }
+
+    let status = Command::new(HTEX)
+        .args(["status", "--json", "--port", &client_port])
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["managers"][0]["id"], "by-hand");
+    assert_eq!(report["managers"][0]["slots"].as_array().unwrap().len(), 2);
+
+    let tasks = dir.join("tasks.jsonl");
+    let lines: String = (0..50)
+        .map(|i| format!("{{\"id\": \"{i}\", \"function\": \"echo\", \"args\": {i}}}\n"))
+        .collect();
+    std::fs::write(&tasks, lines).unwrap();
+    let results = dir.join("results.jsonl");
+    let submit = Command::new(HTEX)
+        .args(["submit", "--quiet", "--port", &client_port, "--results"])
+        .arg(&results)
+        .arg(&tasks)
+        .output()
+        .unwrap();
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    let lines = result_lines(&results);
+    assert_eq!(lines.len(), 50);
+    assert!(lines
+        .iter()
+        .all(|l| l["value"].to_string() == l["id"].as_str().unwrap()));
+
+    let shutdown = Command::new(HTEX)
+        .args(["shutdown", "--port", &client_port])
+        .output()
+        .unwrap();
+    assert!(shutdown.status.success());
+    let mut interchange = interchange;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while interchange.0.try_wait().unwrap().is_none() || manager.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "interchange or manager did not exit after shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
