@@ -223,7 +223,7 @@ fn hand_started_interchange_and_manager_serve_submit_and_status() {
     assert_eq!(lines.len(), 50);
     assert!(lines
         .iter()
-        .all(|l| l["value"].to_string() == l["id"].as_str().unwrap()));
+        .all(|l| l["value"].as_u64().map(|v| v.to_string()).as_deref() == l["id"].as_str()));
 
     let shutdown = Command::new(HTEX)
         .args(["shutdown", "--port", &client_port])

@@ -1,0 +1,1 @@
+//! Criterion benchmarks live in `benches/`; end-to-end numbers come from `htex bench`.
