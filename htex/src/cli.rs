@@ -40,6 +40,8 @@ enum Commands {
     Manager(ManagerArgs),
     /// Serve tasks on stdin/stdout (what a manager spawns; not for direct use).
     Worker,
+    /// Benchmark an interchange and managers started as separate processes; prints one JSON line.
+    Bench(crate::bench::BenchArgs),
     /// Show an interchange's managers, slots, load and queue.
     Status(StatusArgs),
     /// Stop sending tasks to a manager; it finishes what it has and exits.
@@ -146,6 +148,9 @@ struct ManagerArgs {
     /// Program that serves as worker, with its arguments (default: `htex worker`).
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     worker_command: Option<Vec<String>>,
+    /// Answer tasks without running them (benchmarks the dispatch core; no workers start).
+    #[arg(long)]
+    zero_worker: bool,
 }
 
 #[derive(Args)]
@@ -200,6 +205,7 @@ async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
         Commands::Interchange(args) => interchange(args).await,
         Commands::Manager(args) => manager(args).await,
         Commands::Status(args) => status(args).await,
+        Commands::Bench(args) => crate::bench::bench(args).await,
         Commands::Drain { target, manager } => {
             let client = Client::connect(&target.endpoint()).await?;
             client
@@ -319,6 +325,7 @@ async fn manager(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     config.slots = cpu_slots(workers);
     config.prefetch = args.prefetch.unwrap_or(workers);
     config.block_id = args.block_id;
+    config.zero_worker = args.zero_worker;
     if let Some(id) = args.manager_id {
         config.manager_id = id;
     }

@@ -35,6 +35,9 @@ pub struct ManagerConfig {
     /// How long to wait for the interchange to answer the registration.
     pub connect_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Answer every task at once without running it (no workers are started), to measure the
+    /// dispatch core alone, as HyperQueue's zero-worker mode does.
+    pub zero_worker: bool,
 }
 
 impl ManagerConfig {
@@ -54,6 +57,7 @@ impl ManagerConfig {
             output_limit: 1 << 20,
             connect_timeout: Duration::from_secs(30),
             max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
+            zero_worker: false,
         }
     }
 }

@@ -1,0 +1,270 @@
+//! `htex bench`: an end-to-end benchmark. The interchange and the managers run as separate
+//! processes, as in a deployment, so their memory and CPU can be read from /proc; the client runs
+//! here, keeps a window of tasks in flight and times each from submit to result.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use futures::stream::{FuturesUnordered, StreamExt};
+use htex_client::{Client, ClientConfig, Task};
+use serde_json::json;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Tasks to run.
+    #[arg(long, default_value_t = 100_000)]
+    tasks: usize,
+    /// What each task does.
+    #[arg(long, value_enum, default_value_t = Workload::Noop)]
+    kind: Workload,
+    /// Milliseconds each task sleeps (`--kind sleep`).
+    #[arg(long, default_value_t = 1)]
+    sleep_ms: u64,
+    /// Bytes each task carries there and back (`--kind payload`).
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    #[arg(long, default_value_t = 1)]
+    managers: usize,
+    /// Worker processes per manager.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Tasks each manager holds beyond one per worker (default: 64 per worker).
+    #[arg(long)]
+    prefetch: Option<usize>,
+    /// Tasks submitted per client call before awaiting results.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Most tasks in flight at once (1 measures a lone task's latency).
+    #[arg(long, default_value_t = 100_000)]
+    window: usize,
+    /// Managers answer without running tasks: measures the dispatch core alone.
+    #[arg(long)]
+    zero_worker: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Workload {
+    Noop,
+    Sleep,
+    Payload,
+}
+
+/// A child process killed on drop.
+struct Service {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    /// Peak resident memory (MB) and CPU seconds so far, from /proc.
+    fn usage(&self) -> serde_json::Value {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let peak_kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at state; utime and
+        // stime are fields 14 and 15 of the whole line.
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        json!({"name": self.name, "peak_rss_mb": (peak_kb / 1024.0 * 10.0).round() / 10.0,
+               "cpu_s": (ticks / hz * 100.0).round() / 100.0})
+    }
+}
+
+fn spawn(name: &str, args: &[String]) -> anyhow::Result<Service> {
+    let exe = std::env::current_exe().context("cannot find the htex executable")?;
+    let child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot start the {name}"))?;
+    Ok(Service {
+        name: name.to_string(),
+        child,
+    })
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    if args.tasks == 0 || args.managers == 0 || args.workers == 0 || args.window == 0 {
+        bail!("--tasks, --managers, --workers and --window must be at least 1");
+    }
+    let dir = std::env::temp_dir().join(format!("htex-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let addresses = dir.join("addresses.json");
+    let interchange = spawn(
+        "interchange",
+        &[
+            "interchange".into(),
+            "--addresses-file".into(),
+            path(&addresses),
+        ],
+    )?;
+    let endpoints = wait_for_addresses(&addresses).await?;
+    let manager_port = endpoints["manager"]
+        .as_str()
+        .unwrap_or("")
+        .rsplit(':')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let client_endpoint = endpoints["client"].as_str().unwrap_or("").to_string();
+    let prefetch = args.prefetch.unwrap_or(64 * args.workers);
+    let mut managers = Vec::new();
+    for i in 0..args.managers {
+        let mut margs: Vec<String> = [
+            "manager",
+            "--port",
+            &manager_port,
+            "--manager-id",
+            &format!("bench-{i}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        margs.extend([
+            "--workers".into(),
+            args.workers.to_string(),
+            "--prefetch".into(),
+            prefetch.to_string(),
+        ]);
+        if args.zero_worker {
+            margs.push("--zero-worker".into());
+        }
+        managers.push(spawn(&format!("manager-{i}"), &margs)?);
+    }
+    let config = ClientConfig {
+        name: "bench".into(),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect_with(&client_endpoint, config).await?;
+    wait_for_managers(&client, args.managers).await?;
+    // Every worker is up once a first round of tasks has come back.
+    let warmup: Vec<_> = (0..args.managers * args.workers * 4)
+        .map(|_| client.submit(make_task(&args)))
+        .collect();
+    futures::future::join_all(warmup).await;
+
+    let (wall, mut latencies, failures) = drive(&client, &args).await;
+    latencies.sort_unstable();
+    let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let report = json!({
+        "tasks": args.tasks,
+        "kind": format!("{:?}", args.kind).to_lowercase(),
+        "managers": args.managers,
+        "workers": args.workers,
+        "prefetch": prefetch,
+        "batch": args.batch,
+        "window": args.window,
+        "zero_worker": args.zero_worker,
+        "failures": failures,
+        "wall_s": (wall.as_secs_f64() * 1000.0).round() / 1000.0,
+        "tasks_per_s": (args.tasks as f64 / wall.as_secs_f64()).round(),
+        "latency_us": {"p50": quantile(0.5), "p99": quantile(0.99), "max": quantile(1.0)},
+        "interchange": interchange.usage(),
+        "manager_processes": managers.iter().map(Service::usage).collect::<Vec<_>>(),
+    });
+    println!("{report}");
+    client.close().await;
+    drop(managers);
+    drop(interchange);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(if failures == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}
+
+fn make_task(args: &BenchArgs) -> Task {
+    match args.kind {
+        Workload::Noop => Task::function("noop", vec![0xc0]),
+        Workload::Sleep => Task::call("sleep", &args.sleep_ms).expect("a u64 encodes"),
+        Workload::Payload => Task::function("echo", vec![0x5a; args.payload_bytes]),
+    }
+}
+
+/// Runs the tasks with at most `window` in flight; returns wall time, latencies (µs), failures.
+async fn drive(client: &Client, args: &BenchArgs) -> (Duration, Vec<u64>, usize) {
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut latencies = Vec::with_capacity(args.tasks);
+    let mut submitted = 0;
+    let mut failures = 0;
+    while latencies.len() < args.tasks {
+        while submitted < args.tasks && in_flight.len() < args.window {
+            let n = args
+                .batch
+                .min(args.tasks - submitted)
+                .min(args.window - in_flight.len());
+            for _ in 0..n {
+                let handle = client.submit(make_task(args));
+                let at = Instant::now();
+                in_flight.push(async move { (handle.await, at) });
+            }
+            submitted += n;
+        }
+        let Some((result, at)) = in_flight.next().await else {
+            break;
+        };
+        latencies.push(at.elapsed().as_micros() as u64);
+        if !matches!(result, Ok(r) if r.outcome.is_ok()) {
+            failures += 1;
+        }
+    }
+    (started.elapsed(), latencies, failures)
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+async fn wait_for_addresses(path: &PathBuf) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(value) = serde_json::from_str(&text) {
+                return Ok(value);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the interchange did not write {} within 10 s",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn wait_for_managers(client: &Client, managers: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.status().await?.managers.len() < managers {
+        if Instant::now() > deadline {
+            bail!("{managers} manager(s) did not register within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
