@@ -26,6 +26,14 @@ pub enum WorkerError {
 /// The protocol owns the original stdout; fd 1 is pointed at stderr so that anything a function
 /// prints cannot corrupt the frames.
 pub fn serve(registry: &Registry) -> Result<(), WorkerError> {
+    match serve_pipes(registry) {
+        // The manager went away: nobody is left to answer, which is a normal end.
+        Err(WorkerError::Pipe(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn serve_pipes(registry: &Registry) -> Result<(), WorkerError> {
     let output_limit = std::env::var("HTEX_OUTPUT_LIMIT")
         .ok()
         .and_then(|v| v.parse().ok())

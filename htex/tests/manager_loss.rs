@@ -1,0 +1,161 @@
+//! `kill -9` of a manager process during a 10,000-task run: its tasks are retried on the other
+//! manager (or end with `ManagerLost` when out of retries), and every task ends exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use htex_client::{Client, Task, TaskError};
+
+const HTEX: &str = env!("CARGO_BIN_EXE_htex");
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn htex(args: &[&str]) -> Running {
+    Running(
+        Command::new(HTEX)
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// An interchange with a 2 s heartbeat threshold and two managers of 2 workers each.
+async fn cluster(name: &str) -> (Running, Running, Running, Client) {
+    let dir = std::env::temp_dir().join(format!("htex-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addresses = dir.join("addresses.json");
+    let interchange = htex(&[
+        "interchange",
+        "--heartbeat-period",
+        "0.5",
+        "--heartbeat-threshold",
+        "2",
+        "--addresses-file",
+        addresses.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let endpoints: serde_json::Value = loop {
+        if let Some(v) = std::fs::read_to_string(&addresses)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no addresses file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let port = endpoints["manager"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let a = htex(&[
+        "manager",
+        "--port",
+        &port,
+        "--workers",
+        "2",
+        "--manager-id",
+        "a",
+    ]);
+    let b = htex(&[
+        "manager",
+        "--port",
+        &port,
+        "--workers",
+        "2",
+        "--manager-id",
+        "b",
+    ]);
+    let client = Client::connect(endpoints["client"].as_str().unwrap())
+        .await
+        .unwrap();
+    while client.status().await.unwrap().managers.len() < 2 {
+        assert!(Instant::now() < deadline, "managers did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (interchange, a, b, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_manager_tasks_are_retried_elsewhere_and_end_once() {
+    let (_interchange, mut a, _b, client) = cluster("kill-manager").await;
+    // 1 ms sleeps keep both managers busy for a few seconds.
+    let handles: Vec<_> = (0..10_000)
+        .map(|_| client.submit(Task::call("sleep", &1u64).unwrap().max_retries(1)))
+        .collect();
+    let ids: Vec<_> = handles.iter().map(|h| h.id()).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    a.0.kill().unwrap(); // SIGKILL
+    let killed_at = Instant::now();
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(handles))
+        .await
+        .expect("every task ends");
+    let mut retried = 0;
+    for (id, result) in ids.iter().zip(results) {
+        let result = result.unwrap();
+        assert_eq!(result.id, *id);
+        assert!(result.outcome.is_ok(), "task {id}: {:?}", result.outcome);
+        if result.attempts > 1 {
+            retried += 1;
+            assert_eq!(result.slot.unwrap().manager, "b");
+        }
+    }
+    assert!(retried > 0, "no task was held by the killed manager");
+    println!(
+        "{retried} task(s) retried after the kill; all ended {:?} after it",
+        killed_at.elapsed()
+    );
+    let status = client.status().await.unwrap();
+    assert_eq!(status.outstanding, 0);
+    assert_eq!(
+        status
+            .managers
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retries_a_lost_manager_gives_manager_lost() {
+    let (_interchange, mut a, _b, client) = cluster("lost-no-retry").await;
+    let handles: Vec<_> = (0..2_000)
+        .map(|_| client.submit(Task::call("sleep", &2u64).unwrap()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.0.kill().unwrap();
+    let killed_at = Instant::now();
+    let mut lost = 0;
+    for handle in handles {
+        let result = handle.await.unwrap();
+        match result.outcome {
+            Ok(_) => {}
+            Err(TaskError::ManagerLost { manager }) => {
+                assert_eq!(manager, "a");
+                lost += 1;
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    let detected = killed_at.elapsed();
+    assert!(lost > 0, "the killed manager held no task");
+    assert!(
+        detected < Duration::from_secs(10),
+        "loss took {detected:?} to surface"
+    );
+    println!("{lost} task(s) ended ManagerLost; detection and the rest took {detected:?}");
+}
