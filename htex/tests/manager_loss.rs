@@ -61,24 +61,18 @@ async fn cluster(name: &str) -> (Running, Running, Running, Client) {
         .next()
         .unwrap()
         .to_string();
-    let a = htex(&[
-        "manager",
-        "--port",
-        &port,
-        "--workers",
-        "2",
-        "--manager-id",
-        "a",
-    ]);
-    let b = htex(&[
-        "manager",
-        "--port",
-        &port,
-        "--workers",
-        "2",
-        "--manager-id",
-        "b",
-    ]);
+    let manager = |id: &str| {
+        htex(&[
+            "manager",
+            "--port",
+            &port,
+            "--workers",
+            "2",
+            "--manager-id",
+            id,
+        ])
+    };
+    let (a, b) = (manager("a"), manager("b"));
     let client = Client::connect(endpoints["client"].as_str().unwrap())
         .await
         .unwrap();

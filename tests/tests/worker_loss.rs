@@ -6,6 +6,23 @@ use std::time::Duration;
 use htex_client::{Task, TaskError};
 use htex_tests::{eventually, test_worker, TestCluster};
 
+/// Waits for a `pid_then_sleep` task to write its worker's pid, then `kill -9`s that worker.
+async fn kill_worker_once_started(pid_file: &std::path::Path) -> i32 {
+    assert!(
+        eventually(Duration::from_secs(10), || pid_file.exists()).await,
+        "the long task never started"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: the pid belongs to a worker process this test's manager started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    pid
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_loses_its_task_and_is_restarted() {
     let cluster = TestCluster::start(test_worker!(), 1, 2).await;
@@ -17,18 +34,7 @@ async fn killed_worker_loses_its_task_and_is_restarted() {
 
     // Fill both slots with a noop stream and one long task that names its worker.
     let victim = client.submit(Task::call("pid_then_sleep", &(pid_path, 60_000u64)).unwrap());
-    assert!(
-        eventually(Duration::from_secs(10), || pid_file.exists()).await,
-        "the long task never started"
-    );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    // SAFETY: the pid belongs to a worker process this test's manager started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let pid = kill_worker_once_started(&pid_file).await;
 
     let result = tokio::time::timeout(Duration::from_secs(5), victim)
         .await
@@ -71,15 +77,7 @@ async fn repeatedly_killed_workers_lose_only_their_own_tasks() {
         let bystanders: Vec<_> = (0..50)
             .map(|i| client.call::<_, i64>("add", &(i, 1)).unwrap())
             .collect();
-        assert!(eventually(Duration::from_secs(10), || pid_file.exists()).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // SAFETY: a worker process of this test's manager.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        kill_worker_once_started(&pid_file).await;
         let lost = victim.await.unwrap();
         assert!(
             matches!(lost.outcome, Err(TaskError::WorkerLost { .. })),
