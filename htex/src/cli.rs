@@ -10,7 +10,6 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use htex_client::Client;
 use htex_interchange::{Interchange, InterchangeConfig};
-use htex_manager::{cpu_slots, Manager, ManagerConfig};
 use htex_protocol::{Command, StatusReport};
 
 use crate::local::LocalCluster;
@@ -37,7 +36,7 @@ enum Commands {
     /// Start an interchange: the client port and the manager port.
     Interchange(InterchangeArgs),
     /// Start a manager: connects to an interchange and runs one worker per slot.
-    Manager(ManagerArgs),
+    Manager(Box<crate::manager_cmd::ManagerArgs>),
     /// Serve tasks on stdin/stdout (what a manager spawns; not for direct use).
     Worker,
     /// Benchmark an interchange and managers started as separate processes; prints one JSON line.
@@ -126,34 +125,6 @@ struct InterchangeArgs {
 }
 
 #[derive(Args)]
-struct ManagerArgs {
-    /// Interchange host.
-    #[arg(long, default_value = "127.0.0.1")]
-    interchange: String,
-    /// Interchange manager port.
-    #[arg(long)]
-    port: u16,
-    /// Worker processes (CPU slots; default: one per CPU core).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Tasks held beyond one per worker (default: one per worker).
-    #[arg(long)]
-    prefetch: Option<usize>,
-    /// Name in the manager table (default: HOST-PID).
-    #[arg(long)]
-    manager_id: Option<String>,
-    /// Batch job this manager belongs to.
-    #[arg(long)]
-    block_id: Option<String>,
-    /// Program that serves as worker, with its arguments (default: `htex worker`).
-    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
-    worker_command: Option<Vec<String>>,
-    /// Answer tasks without running them (benchmarks the dispatch core; no workers start).
-    #[arg(long)]
-    zero_worker: bool,
-}
-
-#[derive(Args)]
 struct StatusArgs {
     #[command(flatten)]
     target: InterchangeAddress,
@@ -203,7 +174,7 @@ async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
         Commands::Run(args) => run(args).await,
         Commands::Submit(args) => submit(args).await,
         Commands::Interchange(args) => interchange(args).await,
-        Commands::Manager(args) => manager(args).await,
+        Commands::Manager(args) => crate::manager_cmd::manager(*args).await,
         Commands::Status(args) => status(args).await,
         Commands::Bench(args) => crate::bench::bench(args).await,
         Commands::Drain { target, manager } => {
@@ -244,7 +215,7 @@ fn read_task_file(path: &PathBuf) -> anyhow::Result<Vec<taskfile::NamedTask>> {
     }
 }
 
-fn default_workers() -> usize {
+pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -315,37 +286,6 @@ async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn manager(args: ManagerArgs) -> anyhow::Result<ExitCode> {
-    let workers = args.workers.unwrap_or_else(default_workers);
-    if workers == 0 {
-        bail!("--workers must be at least 1");
-    }
-    let mut config =
-        ManagerConfig::new(format!("tcp://{}:{}", args.interchange, args.port), workers);
-    config.slots = cpu_slots(workers);
-    config.prefetch = args.prefetch.unwrap_or(workers);
-    config.block_id = args.block_id;
-    config.zero_worker = args.zero_worker;
-    if let Some(id) = args.manager_id {
-        config.manager_id = id;
-    }
-    if let Some(command) = args.worker_command {
-        config.worker_command = command;
-    }
-    let manager = Manager::start(config).await?;
-    let stopper = manager.stopper();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopper.stop();
-    });
-    let id = manager.id().to_string();
-    manager
-        .wait()
-        .await
-        .with_context(|| format!("manager {id}"))?;
-    Ok(ExitCode::SUCCESS)
-}
-
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(&args.target.endpoint()).await?;
     let report = client.status().await?;
@@ -372,26 +312,49 @@ fn print_status(report: &StatusReport) {
         report.queued,
         report.outstanding
     );
-    println!(
-        "{:<24} {:<16} {:<10} {:>5} {:>9} {:>10}",
-        "MANAGER", "HOST", "STATE", "SLOTS", "TASKS", "HEARTBEAT"
-    );
     for m in &report.managers {
         println!(
-            "{:<24} {:<16} {:<10} {:>5} {:>4}/{:<4} {:>8}ms",
+            "manager {} on {} ({:?}): {}/{} tasks, {} slot(s), heard from {} ms ago",
             m.id,
             m.hostname,
-            format!("{:?}", m.state),
-            m.slots.len(),
+            m.state,
             m.tasks,
             m.capacity,
+            m.slots.len(),
             m.last_heartbeat_ms_ago
         );
+        for slot in &m.slots {
+            println!("  slot {}", describe_slot(slot));
+        }
     }
 }
 
+/// One line per slot: `2 mps GPU-… (GPU 0) 25% 32 SMs 10.0 GiB`.
+pub(crate) fn describe_slot(slot: &htex_protocol::SlotDescriptor) -> String {
+    let mut line = format!("{} {:?}", slot.index, slot.kind).to_lowercase();
+    if let Some(uuid) = &slot.gpu_uuid {
+        line += &format!(" {uuid}");
+    }
+    if let Some(index) = slot.gpu_index {
+        line += &format!(" (GPU {index})");
+    }
+    if let Some(profile) = &slot.mig_profile {
+        line += &format!(" {profile}");
+    }
+    if let Some(p) = slot.mps_percentage {
+        line += &format!(" {p}%");
+    }
+    if let Some(sms) = slot.sm_count {
+        line += &format!(" {sms} SMs");
+    }
+    if let Some(bytes) = slot.memory_bytes {
+        line += &format!(" {:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
+    }
+    line
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");

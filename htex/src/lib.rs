@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod local;
+pub mod manager_cmd;
 pub mod run;
 pub mod taskfile;
 

@@ -240,3 +240,112 @@ fn hand_started_interchange_and_manager_serve_submit_and_status() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `htex manager --mps` on a machine without a GPU: the simulated inventory, the stand-in
+/// `nvidia-cuda-mps-control` found on PATH, a stale directory of a dead manager cleaned, and the
+/// daemon quit when the manager gets SIGTERM.
+#[test]
+fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
+    let dir = scratch("mps-manager");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(
+        repo_file("tests/fixtures/nvidia-cuda-mps-control"),
+        bin.join("nvidia-cuda-mps-control"),
+    )
+    .unwrap();
+    let log = bin.join("mps-calls.log");
+    // A directory left by a manager that died (pid 4000000 is above Linux's pid_max).
+    let stale = Path::new("/tmp/htex-mps/4000000-0/p");
+    std::fs::create_dir_all(stale).unwrap();
+    std::fs::write(stale.join("control"), "").unwrap();
+
+    let addresses = dir.join("addresses.json");
+    let _interchange = Running(
+        Command::new(HTEX)
+            .args(["interchange", "--addresses-file"])
+            .arg(&addresses)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoints: serde_json::Value = serde_json::from_str(&wait_for_file(&addresses)).unwrap();
+    let port = |key: &str| {
+        endpoints[key]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut manager = Running(
+        Command::new(HTEX)
+            .args([
+                "manager",
+                "--port",
+                &port("manager"),
+                "--mps",
+                "0:60,40",
+                "--mps-mem",
+                "0:10G,5G",
+            ])
+            .arg("--inventory")
+            .arg(repo_file("manager/fixtures/inventory/h100.json"))
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(manager.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("manager registered") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "manager exited before registering"
+        );
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls.contains(&format!("quit pipe={}", stale.display())),
+        "stale daemon not quit: {calls}"
+    );
+    assert!(!stale.exists(), "stale directory not removed");
+    assert_eq!(calls.matches("start ").count(), 1, "{calls}");
+
+    let status = Command::new(HTEX)
+        .args(["status", "--port", &port("client")])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("mps") && status.contains("60%") && status.contains("10.0 GiB"),
+        "{status}"
+    );
+
+    // SAFETY: signalling the manager process this test started.
+    unsafe { libc::kill(manager.0.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while manager.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "manager ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        calls
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("quit "),
+        "daemon not quit: {calls}"
+    );
+}

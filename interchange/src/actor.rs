@@ -433,6 +433,7 @@ impl State {
             state: ManagerState::Active,
             last_seen: Instant::now(),
             tasks: Default::default(),
+            constrained: Default::default(),
         };
         self.managers.insert(key, record);
         let welcome = InterchangeMessage::Registered {
@@ -458,10 +459,10 @@ impl State {
             tracing::debug!(task = gid, "dropping a duplicate or unknown result");
             return;
         }
-        if let Some(m) = self.managers.get_mut(&manager) {
-            m.tasks.remove(&gid);
-        }
         let record = self.tasks.remove(&gid).expect("checked above");
+        if let Some(m) = self.managers.get_mut(&manager) {
+            m.release(gid, &record.spec.resources);
+        }
         if let Some(client) = self.clients.get_mut(&record.client) {
             client.tasks.remove(&record.client_task_id);
         }
@@ -546,9 +547,10 @@ impl State {
             }
             let n = keys.len();
             let request = &task.spec.resources;
-            let chosen = (0..n)
-                .map(|i| (self.cursor + i) % n)
-                .find(|&i| free[i] > 0 && self.managers[&keys[i]].could_run(request));
+            let chosen = (0..n).map(|i| (self.cursor + i) % n).find(|&i| {
+                let m = &self.managers[&keys[i]];
+                free[i] > 0 && m.could_run(request) && m.has_room_for(request)
+            });
             match chosen {
                 Some(i) => {
                     free[i] -= 1;
@@ -558,7 +560,7 @@ impl State {
                     task.dispatched_us = now;
                     batches[i].push(task.spec.clone());
                     if let Some(m) = self.managers.get_mut(&keys[i]) {
-                        m.tasks.insert(gid);
+                        m.take(gid, &task.spec.resources);
                     }
                 }
                 None if self.managers.values().any(|m| m.could_run(request)) => deferred.push(gid),

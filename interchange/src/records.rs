@@ -40,6 +40,8 @@ pub(crate) struct ManagerRecord {
     pub last_seen: Instant,
     /// Tasks it holds, running or prefetched.
     pub tasks: HashSet<GlobalId>,
+    /// How many of those tasks ask for specific resources, per request.
+    pub constrained: HashMap<ResourceRequest, u32>,
 }
 
 impl ManagerRecord {
@@ -58,6 +60,38 @@ impl ManagerRecord {
     /// Whether any of its slots could run a task with these needs.
     pub fn could_run(&self, request: &ResourceRequest) -> bool {
         request.is_any() || self.registration.slots.iter().any(|s| s.satisfies(request))
+    }
+
+    /// Whether a task with these needs would find a slot free for it: more fitting slots than
+    /// tasks with the same needs already sent. Tasks that ask for nothing fit any free capacity.
+    pub fn has_room_for(&self, request: &ResourceRequest) -> bool {
+        if request.is_any() {
+            return true;
+        }
+        let fitting = self
+            .registration
+            .slots
+            .iter()
+            .filter(|s| s.satisfies(request))
+            .count();
+        fitting > self.constrained.get(request).copied().unwrap_or(0) as usize
+    }
+
+    /// Records that a task was sent to it.
+    pub fn take(&mut self, gid: GlobalId, request: &ResourceRequest) {
+        self.tasks.insert(gid);
+        if !request.is_any() {
+            *self.constrained.entry(request.clone()).or_default() += 1;
+        }
+    }
+
+    /// Records that it no longer holds a task.
+    pub fn release(&mut self, gid: GlobalId, request: &ResourceRequest) {
+        if self.tasks.remove(&gid) && !request.is_any() {
+            if let Some(n) = self.constrained.get_mut(request) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     pub fn status(&self, now: Instant) -> ManagerStatus {

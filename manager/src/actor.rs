@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::link::{Heartbeat, Link};
 use crate::workers::WorkerProcess;
+use crate::NodeResources;
 use crate::{ManagerConfig, ManagerError};
 
 pub(crate) enum Event {
@@ -51,6 +52,8 @@ struct RunningTask {
 
 struct Slot {
     descriptor: htex_protocol::SlotDescriptor,
+    /// The worker's environment: GPU confinement and `HTEX_SLOT_*`.
+    env: Vec<(String, String)>,
     state: SlotState,
     process: Option<WorkerProcess>,
     generation: u64,
@@ -68,12 +71,13 @@ const QUICK_DEATH: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
     config: ManagerConfig,
+    resources: NodeResources,
     link: Link,
     heartbeat: Heartbeat,
     events_tx: mpsc::UnboundedSender<Event>,
     mut events: mpsc::UnboundedReceiver<Event>,
 ) -> Result<(), ManagerError> {
-    let mut state = State::new(config, link, heartbeat, events_tx);
+    let mut state = State::new(config, resources, link, heartbeat, events_tx);
     if !state.config.zero_worker {
         for index in 0..state.slots.len() {
             state.spawn_worker(index);
@@ -123,6 +127,8 @@ pub(crate) async fn run(
 
 struct State {
     config: ManagerConfig,
+    /// Quit when the manager stops (dropped with the state).
+    _mps_daemons: (Vec<crate::mps::MpsDaemon>, Option<crate::mps::EmptyPipeDir>),
     link: Link,
     heartbeat: Heartbeat,
     events: mpsc::UnboundedSender<Event>,
@@ -138,6 +144,7 @@ struct State {
 impl State {
     fn new(
         config: ManagerConfig,
+        resources: NodeResources,
         link: Link,
         heartbeat: Heartbeat,
         events: mpsc::UnboundedSender<Event>,
@@ -146,8 +153,10 @@ impl State {
         let slots = config
             .slots
             .iter()
-            .map(|descriptor| Slot {
-                descriptor: descriptor.clone(),
+            .zip(resources.slot_envs)
+            .map(|(planned, env)| Slot {
+                descriptor: planned.descriptor.clone(),
+                env,
                 state: SlotState::Down { restart_at: now },
                 process: None,
                 generation: 0,
@@ -157,6 +166,7 @@ impl State {
             .collect();
         State {
             config,
+            _mps_daemons: (resources.mps_daemons, resources.empty_pipe),
             link,
             heartbeat,
             events,
@@ -305,7 +315,8 @@ impl State {
         slot.spawned_at = Instant::now();
         match WorkerProcess::spawn(
             &self.config,
-            &slot.descriptor,
+            index,
+            &slot.env,
             slot.generation,
             self.events.clone(),
         ) {
@@ -348,23 +359,33 @@ impl State {
         }
     }
 
-    /// Gives pending tasks to idle workers whose slots satisfy them.
+    /// Gives pending tasks, in order, to idle workers whose slots satisfy them; each task takes
+    /// the least capable idle slot that fits, leaving bigger slots for tasks that need them.
     fn assign(&mut self) {
-        for slot in &mut self.slots {
-            if self.pending.is_empty() {
-                return;
-            }
-            let (SlotState::Idle, Some(process)) = (&slot.state, &slot.process) else {
-                continue;
-            };
-            let Some(pos) = self
-                .pending
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut idle: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                matches!(self.slots[i].state, SlotState::Idle) && self.slots[i].process.is_some()
+            })
+            .collect();
+        let mut next = 0;
+        while next < self.pending.len() && !idle.is_empty() {
+            let request = &self.pending[next].resources;
+            let best = idle
                 .iter()
-                .position(|t| slot.descriptor.satisfies(&t.resources))
-            else {
+                .enumerate()
+                .filter(|(_, &s)| self.slots[s].descriptor.satisfies(request))
+                .min_by_key(|(_, &s)| capability(&self.slots[s].descriptor))
+                .map(|(at, _)| at);
+            let Some(at) = best else {
+                next += 1;
                 continue;
             };
-            let task = self.pending.remove(pos).expect("position is in range");
+            let index = idle.swap_remove(at);
+            let task = self.pending.remove(next).expect("index is in range");
+            let slot = &mut self.slots[index];
             let deadline = task
                 .timeout_ms
                 .map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -374,7 +395,9 @@ impl State {
                 deadline,
                 ending: None,
             });
-            process.send(&WorkerRequest::Run(task));
+            if let Some(process) = &slot.process {
+                process.send(&WorkerRequest::Run(task));
+            }
         }
     }
 
@@ -437,6 +460,17 @@ impl State {
             }
         }
     }
+}
+
+/// Orders slots from least to most capable: CPU, MIG, MPS, whole GPU, then by SMs.
+fn capability(slot: &htex_protocol::SlotDescriptor) -> (u8, u32) {
+    let rank = match slot.kind {
+        htex_protocol::SlotKind::Cpu => 0,
+        htex_protocol::SlotKind::Mig => 1,
+        htex_protocol::SlotKind::Mps => 2,
+        htex_protocol::SlotKind::Gpu => 3,
+    };
+    (rank, slot.sm_count.unwrap_or(0))
 }
 
 /// No delay for a worker that ran a while; then 100 ms doubling up to 5 s for one that keeps dying.

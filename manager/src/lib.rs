@@ -4,16 +4,21 @@
 //! worker is restarted.
 
 mod actor;
+pub mod inventory;
 mod link;
-mod slots;
+pub mod mps;
+pub mod slot_env;
+pub mod slots;
 mod workers;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use slots::cpu_slots;
+pub use slot_env::MemLimitKey;
+pub use slots::{cpu_slots, plan, PlannedSlot, SlotPlanError, SlotSpec};
 
 /// How a manager connects and what it runs.
 #[derive(Debug, Clone)]
@@ -24,8 +29,12 @@ pub struct ManagerConfig {
     pub manager_id: String,
     /// The batch job (block) this manager belongs to, if any.
     pub block_id: Option<String>,
-    /// Worker slots; one worker process each.
-    pub slots: Vec<htex_protocol::SlotDescriptor>,
+    /// Worker slots (see [`slots::plan`]); one worker process each.
+    pub slots: Vec<PlannedSlot>,
+    /// The MPS control program, for GPUs with MPS slots.
+    pub mps_control: PathBuf,
+    /// How MPS memory limits name the device.
+    pub mps_mem_key: MemLimitKey,
     /// Tasks accepted beyond one per slot, so workers never wait for the network.
     pub prefetch: usize,
     /// Program and arguments that start a worker (`htex worker`, or a custom worker binary).
@@ -52,6 +61,8 @@ impl ManagerConfig {
             manager_id: format!("{}-{}", hostname(), std::process::id()),
             block_id: None,
             slots: cpu_slots(workers),
+            mps_control: PathBuf::from("nvidia-cuda-mps-control"),
+            mps_mem_key: MemLimitKey::default(),
             prefetch: workers,
             worker_command: vec![exe, "worker".into()],
             output_limit: 1 << 20,
@@ -74,6 +85,67 @@ pub enum ManagerError {
     NoSlots,
     #[error("worker command is empty")]
     NoWorkerCommand,
+    #[error(transparent)]
+    Mps(#[from] mps::MpsError),
+}
+
+/// What a manager owns on its node besides worker processes: MPS daemons and each slot's env.
+pub(crate) struct NodeResources {
+    pub mps_daemons: Vec<mps::MpsDaemon>,
+    pub empty_pipe: Option<mps::EmptyPipeDir>,
+    pub slot_envs: Vec<Vec<(String, String)>>,
+}
+
+impl NodeResources {
+    /// Starts one MPS daemon per GPU with MPS slots and works out every slot's environment.
+    fn prepare(config: &ManagerConfig) -> Result<NodeResources, ManagerError> {
+        use htex_protocol::SlotKind;
+        let kinds = || config.slots.iter().map(|s| s.descriptor.kind);
+        let mut mps_gpus: Vec<String> = Vec::new();
+        for slot in config
+            .slots
+            .iter()
+            .filter(|s| s.descriptor.kind == SlotKind::Mps)
+        {
+            let uuid = slot.descriptor.gpu_uuid.clone().unwrap_or_default();
+            if !mps_gpus.contains(&uuid) {
+                mps_gpus.push(uuid);
+            }
+        }
+        if !mps_gpus.is_empty() {
+            mps::clean_stale(&config.mps_control);
+        }
+        let mut mps_daemons = Vec::new();
+        for uuid in &mps_gpus {
+            mps_daemons.push(mps::MpsDaemon::start(
+                &config.mps_control,
+                uuid,
+                mps::private_dir(),
+            )?);
+        }
+        let empty_pipe = if kinds().any(|k| matches!(k, SlotKind::Gpu | SlotKind::Mig)) {
+            Some(mps::EmptyPipeDir::create()?)
+        } else {
+            None
+        };
+        let slot_envs = config
+            .slots
+            .iter()
+            .map(|slot| {
+                let daemon = mps_daemons.iter().find(|d: &&mps::MpsDaemon| {
+                    Some(d.gpu_uuid()) == slot.descriptor.gpu_uuid.as_deref()
+                });
+                let pipe = daemon.map(|d| d.pipe_dir());
+                let empty = empty_pipe.as_ref().map(|d| d.path());
+                slot_env::slot_env(slot, pipe.as_deref(), empty, config.mps_mem_key)
+            })
+            .collect();
+        Ok(NodeResources {
+            mps_daemons,
+            empty_pipe,
+            slot_envs,
+        })
+    }
 }
 
 /// A running manager.
@@ -92,12 +164,14 @@ impl Manager {
         if config.worker_command.is_empty() {
             return Err(ManagerError::NoWorkerCommand);
         }
+        let resources = NodeResources::prepare(&config)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (link, heartbeat) = link::connect(&config, events_tx.clone()).await?;
         tracing::info!(manager = %config.manager_id, slots = config.slots.len(), "manager registered");
         let id = config.manager_id.clone();
         let task = tokio::spawn(actor::run(
             config,
+            resources,
             link,
             heartbeat,
             events_tx.clone(),

@@ -65,7 +65,7 @@ pub(crate) async fn connect(
         hostname: hostname(),
         block_id: config.block_id.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        slots: config.slots.clone(),
+        slots: config.slots.iter().map(|s| s.descriptor.clone()).collect(),
         prefetch: config.prefetch as u32,
         pid: std::process::id(),
     };

@@ -3,7 +3,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 
-use htex_protocol::{decode, encode, SlotDescriptor, WorkerReply, WorkerRequest};
+use htex_protocol::{decode, encode, WorkerReply, WorkerRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::{ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
@@ -21,7 +21,8 @@ impl WorkerProcess {
     /// Starts the worker for `slot`; its events arrive tagged with `generation`.
     pub fn spawn(
         config: &ManagerConfig,
-        slot: &SlotDescriptor,
+        slot_index: usize,
+        slot_env: &[(String, String)],
         generation: u64,
         events: mpsc::UnboundedSender<Event>,
     ) -> std::io::Result<WorkerProcess> {
@@ -33,8 +34,7 @@ impl WorkerProcess {
         command
             .args(args)
             .env("HTEX_MANAGER_ID", &config.manager_id)
-            .env("HTEX_SLOT_INDEX", slot.index.to_string())
-            .env("HTEX_SLOT_KIND", format!("{:?}", slot.kind).to_lowercase())
+            .envs(slot_env.iter().map(|(k, v)| (k, v)))
             .env("HTEX_OUTPUT_LIMIT", config.output_limit.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -48,7 +48,6 @@ impl WorkerProcess {
         let stdout = child.stdout.take().expect("piped");
         let (input, input_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(stdin, input_rx));
-        let slot_index = slot.index as usize;
         let limit = config.max_frame_bytes;
         tokio::spawn(async move {
             let why = read_frames(stdout, limit, |reply| {

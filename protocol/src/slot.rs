@@ -85,7 +85,7 @@ impl SlotDescriptor {
 }
 
 /// What a task needs of a slot. The default asks for nothing and runs anywhere.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct ResourceRequest {
     /// Any GPU slot (whole, MPS or MIG).
     #[serde(default)]
