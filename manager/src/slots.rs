@@ -102,11 +102,12 @@ pub fn plan(spec: &SlotSpec, inventory: &Inventory) -> Result<Vec<PlannedSlot>, 
     if !spec.available_accelerators.is_empty() || !spec.gpu_percentage.is_empty() {
         if spec.gpus.is_some()
             || !spec.mps.is_empty()
+            || !spec.mps_mem.is_empty()
             || spec.mps_split.is_some()
             || spec.mig.is_some()
         {
             return Err(SlotPlanError::Conflict(
-                "use either available_accelerators/gpu_percentage (Parsl's form) or --gpus/--mps/--mps-split/--mig, not both".into(),
+                "use either available_accelerators/gpu_percentage (Parsl's form) or --gpus/--mps/--mps-mem/--mps-split/--mig, not both".into(),
             ));
         }
         plan_parsl_form(spec, inventory, &mut slots)?;
@@ -299,8 +300,17 @@ fn resolve_mps<'a>(
             .iter()
             .filter(|g| !g.mig_enabled() && !whole.contains(&g.index))
         {
-            plan.entry(gpu.index)
-                .or_insert_with(|| (gpu, vec![(share, None); n as usize]));
+            if plan.contains_key(&gpu.index) {
+                continue;
+            }
+            // Refuse before allocating: `n` may be anything a TOML file holds.
+            if n as usize > MAX_MPS_CLIENTS {
+                return Err(SlotPlanError::TooManyClients {
+                    gpu: gpu.index,
+                    count: n as usize,
+                });
+            }
+            plan.insert(gpu.index, (gpu, vec![(share, None); n as usize]));
         }
     }
     for entry in &spec.mps_mem {
@@ -354,7 +364,10 @@ fn validate_mps(
             sum,
         });
     }
-    let memory: u64 = shares.iter().filter_map(|s| s.1).sum();
+    let memory = shares
+        .iter()
+        .filter_map(|s| s.1)
+        .fold(0u64, u64::saturating_add);
     if memory > gpu.memory_bytes && !oversubscribe {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         return Err(SlotPlanError::MemSum {
@@ -501,7 +514,8 @@ pub fn parse_size(flag: &'static str, value: &str) -> Result<u64, SlotPlanError>
     if n == 0 {
         return Err(syntax(flag, value, "a memory limit must be above zero"));
     }
-    Ok(n << shift)
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| syntax(flag, value, "too large; sizes must fit in 64 bits of bytes"))
 }
 
 fn syntax(flag: &'static str, given: &str, reason: &str) -> SlotPlanError {
