@@ -151,12 +151,16 @@ pub fn cpu_slots(n: usize) -> Vec<PlannedSlot> {
         .collect()
 }
 
-/// The SMs an MPS client gets at `percentage`: rounded down to whole TPCs of 2 SMs, as measured
-/// on the H100 (docs/results/gpu-slots.md).
+/// The SMs an MPS client gets at `percentage`, as measured on an H100 (132 SMs) for every
+/// percentage from 1 to 100 (docs/results/gpu-slots.md): the share rounded down to whole TPCs of
+/// 2 SMs, but never fewer than 8 SMs.
 pub fn mps_sm_count(total: u32, percentage: u8) -> u32 {
     let sms = total * u32::from(percentage) / 100;
-    (sms / 2 * 2).max(2).min(total)
+    (sms / 2 * 2).max(MIN_MPS_SMS).min(total)
 }
+
+/// The fewest SMs an MPS client was given (at 1 % to 7 % on an H100).
+pub const MIN_MPS_SMS: u32 = 8;
 
 fn gpu_slot(gpu: &GpuInfo) -> PlannedSlot {
     PlannedSlot {

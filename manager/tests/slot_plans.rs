@@ -70,7 +70,22 @@ fn mps_slots_with_and_without_memory_limits() {
         assert_eq!(slot.descriptor.memory_bytes, Some(gpu.memory_bytes));
         assert_eq!(slot.pinned_memory_limit, None);
     }
-    assert_eq!((mps_sm_count(132, 1), mps_sm_count(132, 100)), (2, 132));
+    // Measured on the H100: 8 SMs from 1 % to 7 %, then whole TPCs (docs/results/gpu-slots.md).
+    let measured = [
+        (1, 8),
+        (7, 8),
+        (8, 10),
+        (10, 12),
+        (13, 16),
+        (25, 32),
+        (33, 42),
+        (50, 66),
+        (99, 130),
+        (100, 132),
+    ];
+    for (p, sms) in measured {
+        assert_eq!(mps_sm_count(132, p), sms, "{p} %");
+    }
 
     let limited = planned(
         "h100.json",
