@@ -58,12 +58,23 @@ impl Task {
         Ok(Task::function(name, args))
     }
 
-    /// A call to the slot's warm runner `runner`, with raw MessagePack arguments.
+    /// A call to a warm runner, `NAME:FUNCTION`, with raw MessagePack arguments.
     pub fn runner_call(runner: impl Into<String>, args: Vec<u8>) -> Self {
         Task::of(TaskKind::Call {
             runner: runner.into(),
             args,
         })
+    }
+
+    /// A call to `function` of the slot's warm runner `runner`, with typed arguments: a tuple or
+    /// list becomes positional arguments, a map keyword arguments (for Python runners).
+    pub fn call_runner<A: Serialize + ?Sized>(
+        runner: &str,
+        function: &str,
+        args: &A,
+    ) -> Result<Self, ClientError> {
+        let args = rmp_serde::to_vec(args).map_err(|e| ClientError::Encode(e.to_string()))?;
+        Ok(Task::runner_call(format!("{runner}:{function}"), args))
     }
 
     /// Higher runs first (default 0).

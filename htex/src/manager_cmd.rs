@@ -1,6 +1,7 @@
 //! `htex manager`: flags and the optional TOML file become a `ManagerConfig`, with the slot plan
 //! made from the node's GPU inventory (NVML, or a simulated inventory file).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,9 +72,26 @@ pub struct ManagerArgs {
     /// Program that serves as worker, with its arguments (default: `htex worker`).
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     worker_command: Option<Vec<String>>,
+    /// A warm runner every slot hosts: `NAME=COMMAND`, e.g.
+    /// `llama='python3 -m htex_runner mymodule'` (repeatable; tasks call `NAME:FUNCTION`).
+    #[arg(long)]
+    runner: Vec<String>,
+    /// Start runners with their slot (`eager`: the slot takes tasks once they are ready) or on
+    /// first call (`lazy`).
+    #[arg(long)]
+    runner_start: Option<RunnerStart>,
     /// Answer tasks without running them (benchmarks the dispatch core; no workers start).
     #[arg(long)]
     zero_worker: bool,
+}
+
+/// When runners start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RunnerStart {
+    #[default]
+    Eager,
+    Lazy,
 }
 
 /// The TOML form of the same options.
@@ -90,6 +108,10 @@ struct ManagerFile {
     inventory: Option<PathBuf>,
     mps_control: Option<PathBuf>,
     mps_mem_key: Option<MemLimitKey>,
+    runner_start: Option<RunnerStart>,
+    /// Runner name → command line.
+    #[serde(default)]
+    runners: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     slots: SlotSpec,
 }
@@ -215,6 +237,25 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     if let Some(key) = args.mps_mem_key.or(file.mps_mem_key) {
         config.mps_mem_key = key;
     }
+    let eager = args.runner_start.or(file.runner_start).unwrap_or_default() == RunnerStart::Eager;
+    let mut runners = file.runners;
+    for entry in &args.runner {
+        let (name, command) = entry
+            .split_once('=')
+            .filter(|(n, c)| !n.trim().is_empty() && !c.trim().is_empty())
+            .with_context(|| format!("--runner `{entry}`: expected NAME=COMMAND"))?;
+        runners.insert(
+            name.trim().to_string(),
+            command.split_whitespace().map(str::to_string).collect(),
+        );
+    }
+    if let Some((name, _)) = runners.iter().find(|(_, command)| command.is_empty()) {
+        bail!("runner `{name}` has an empty command");
+    }
+    config.runners = runners
+        .into_iter()
+        .map(|(name, command)| (name, htex_protocol::RunnerSpec { command, eager }))
+        .collect();
     Ok(config)
 }
 

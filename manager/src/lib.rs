@@ -44,6 +44,8 @@ pub struct ManagerConfig {
     /// How long to wait for the interchange to answer the registration.
     pub connect_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// Warm runners every slot hosts, by name.
+    pub runners: std::collections::BTreeMap<String, htex_protocol::RunnerSpec>,
     /// Answer every task at once without running it (no workers are started), to measure the
     /// dispatch core alone, as HyperQueue's zero-worker mode does.
     pub zero_worker: bool,
@@ -69,6 +71,7 @@ impl ManagerConfig {
             connect_timeout: Duration::from_secs(30),
             max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
             zero_worker: false,
+            runners: Default::default(),
         }
     }
 }

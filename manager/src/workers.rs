@@ -35,6 +35,7 @@ impl WorkerProcess {
             .args(args)
             .env("HTEX_MANAGER_ID", &config.manager_id)
             .envs(slot_env.iter().map(|(k, v)| (k, v)))
+            .env("HTEX_RUNNERS", runners_env(config))
             .env("HTEX_OUTPUT_LIMIT", config.output_limit.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -96,6 +97,11 @@ impl WorkerProcess {
     pub fn kill(&self) {
         kill_group(self.pid);
     }
+}
+
+/// The runners, as JSON for `HTEX_RUNNERS`.
+fn runners_env(config: &ManagerConfig) -> String {
+    serde_json::to_string(&config.runners).unwrap_or_else(|_| "{}".into())
 }
 
 /// SIGKILL to the process group a worker leads.

@@ -17,7 +17,7 @@ pub mod task;
 
 pub use codec::{decode, encode, peek_protocol_version, CodecError, DEFAULT_MAX_FRAME_BYTES};
 pub use messages::*;
-pub use slot::{ResourceRequest, SlotDescriptor, SlotKind, SlotRef};
+pub use slot::{ResourceRequest, RunnerSpec, SlotDescriptor, SlotKind, SlotRef};
 pub use task::*;
 
 /// Version of the wire protocol. Peers with another version are refused at hello/registration.

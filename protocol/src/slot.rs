@@ -163,3 +163,13 @@ mod tests {
         }));
     }
 }
+
+/// How a slot starts one warm runner. Managers pass their runners to workers in the
+/// `HTEX_RUNNERS` environment variable, as JSON mapping each name to its spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerSpec {
+    pub command: Vec<String>,
+    /// Start with the worker (the slot takes tasks once the runner is ready) or on first call.
+    #[serde(default)]
+    pub eager: bool,
+}

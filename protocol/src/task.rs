@@ -113,6 +113,13 @@ pub enum TaskError {
     GpuFault { detail: String },
     #[error("no connected manager can satisfy the task's resources: {reason}")]
     Unsatisfiable { reason: String },
+    /// A warm runner's function raised; `exception` is its type (a Python class name, say).
+    #[error("{exception}: {message}")]
+    Exception {
+        exception: String,
+        message: String,
+        traceback: String,
+    },
 }
 
 impl TaskError {
@@ -129,6 +136,7 @@ impl TaskError {
             TaskError::ManagerLost { .. } => "ManagerLost",
             TaskError::GpuFault { .. } => "GpuFault",
             TaskError::Unsatisfiable { .. } => "Unsatisfiable",
+            TaskError::Exception { .. } => "Exception",
         }
     }
 }

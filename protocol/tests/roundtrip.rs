@@ -121,6 +121,13 @@ fn task_error() -> impl Strategy<Value = TaskError> {
         text().prop_map(|manager| TaskError::ManagerLost { manager }),
         text().prop_map(|detail| TaskError::GpuFault { detail }),
         text().prop_map(|reason| TaskError::Unsatisfiable { reason }),
+        (text(), text(), text()).prop_map(|(exception, message, traceback)| {
+            TaskError::Exception {
+                exception,
+                message,
+                traceback,
+            }
+        }),
     ]
 }
 

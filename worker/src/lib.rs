@@ -14,6 +14,7 @@
 
 mod command;
 mod registry;
+mod runners;
 mod serve;
 
 pub use command::{run_command, DEFAULT_OUTPUT_LIMIT};

@@ -12,6 +12,7 @@ use htex_protocol::{
 
 use crate::command::{run_command, DEFAULT_OUTPUT_LIMIT};
 use crate::registry::Registry;
+use crate::runners::RunnerPool;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -40,6 +41,9 @@ fn serve_pipes(registry: &Registry) -> Result<(), WorkerError> {
         .unwrap_or(DEFAULT_OUTPUT_LIMIT);
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(take_stdout()?);
+    // Eager runners are ready before the slot says it is: tasks never wait on a cold model.
+    let mut runners = RunnerPool::from_env();
+    runners.start_eager();
     let ready = WorkerReply::Ready {
         pid: std::process::id(),
         functions: registry.names(),
@@ -48,8 +52,10 @@ fn serve_pipes(registry: &Registry) -> Result<(), WorkerError> {
     while let Some(frame) = read_frame(&mut input, DEFAULT_MAX_FRAME_BYTES)? {
         match decode::<WorkerRequest>(&frame, DEFAULT_MAX_FRAME_BYTES)? {
             WorkerRequest::Run(spec) => {
-                let result = run_task(registry, spec, output_limit);
+                let result = run_task(registry, &mut runners, spec, output_limit);
                 write_frame(&mut output, &encode(&WorkerReply::Done(result))?)?;
+                // A runner that died during the call comes back before the next task.
+                runners.start_eager();
             }
             WorkerRequest::Shutdown => break,
         }
@@ -58,16 +64,21 @@ fn serve_pipes(registry: &Registry) -> Result<(), WorkerError> {
 }
 
 /// Runs one task and times it; the manager fills in the slot.
-pub(crate) fn run_task(registry: &Registry, spec: TaskSpec, output_limit: usize) -> TaskResult {
+pub(crate) fn run_task(
+    registry: &Registry,
+    runners: &mut RunnerPool,
+    spec: TaskSpec,
+    output_limit: usize,
+) -> TaskResult {
     let started_us = now_us();
     let outcome = match &spec.kind {
         TaskKind::Command(command) => run_command(command, output_limit),
         TaskKind::Function { name, args } => registry
             .call(name, args)
             .map(htex_protocol::TaskOutput::Value),
-        TaskKind::Call { runner, .. } => Err(htex_protocol::TaskError::BadRequest {
-            message: format!("this slot hosts no warm runner `{runner}`"),
-        }),
+        TaskKind::Call { runner, args } => runners
+            .call(runner, args)
+            .map(htex_protocol::TaskOutput::Value),
     };
     TaskResult {
         id: spec.id,
