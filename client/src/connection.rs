@@ -65,6 +65,8 @@ struct Shared {
     commands: DashMap<u64, oneshot::Sender<CommandReply>>,
     next_task: AtomicU64,
     next_request: AtomicU64,
+    /// Results that matched no outstanding task (a second result for a task would count here).
+    stray_results: AtomicU64,
     /// Set once the connection failed; later submissions fail with it.
     failure: Mutex<Option<ClientError>>,
 }
@@ -135,6 +137,7 @@ impl Client {
             commands: DashMap::new(),
             next_task: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
+            stray_results: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
         tokio::spawn(send_loop(send, outgoing_rx, shared.clone()));
@@ -181,6 +184,12 @@ impl Client {
     /// Cancels a task by id: it ends with `Cancelled` unless it finished first.
     pub fn cancel(&self, id: TaskId) {
         let _ = self.shared.outgoing.send(Outgoing::Cancel(id));
+    }
+
+    /// Results received for no outstanding task: a second result for one task would show here,
+    /// so this stays 0 while the exactly-once promise holds.
+    pub fn stray_results(&self) -> u64 {
+        self.shared.stray_results.load(Ordering::Relaxed)
     }
 
     /// Tasks submitted through this client and not yet answered.
@@ -340,7 +349,10 @@ async fn receive_loop(mut recv: DealerRecvHalf, config: ClientConfig, shared: Ar
                         Some((_, tx)) => {
                             let _ = tx.send(Ok(result));
                         }
-                        None => tracing::debug!(task = result.id, "result for an unknown task"),
+                        None => {
+                            shared.stray_results.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(task = result.id, "result for an unknown task")
+                        }
                     }
                 }
             }

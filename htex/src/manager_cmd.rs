@@ -80,6 +80,10 @@ pub struct ManagerArgs {
     /// first call (`lazy`).
     #[arg(long)]
     runner_start: Option<RunnerStart>,
+    /// Seconds to keep running tasks and trying to register again after losing the interchange
+    /// (0: exit at once; default 60).
+    #[arg(long)]
+    reconnect_timeout: Option<f64>,
     /// Answer tasks without running them (benchmarks the dispatch core; no workers start).
     #[arg(long)]
     zero_worker: bool,
@@ -109,6 +113,7 @@ struct ManagerFile {
     mps_control: Option<PathBuf>,
     mps_mem_key: Option<MemLimitKey>,
     runner_start: Option<RunnerStart>,
+    reconnect_timeout: Option<f64>,
     /// Runner name → command line.
     #[serde(default)]
     runners: BTreeMap<String, Vec<String>>,
@@ -236,6 +241,10 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     }
     if let Some(key) = args.mps_mem_key.or(file.mps_mem_key) {
         config.mps_mem_key = key;
+    }
+    if let Some(seconds) = args.reconnect_timeout.or(file.reconnect_timeout) {
+        config.reconnect_timeout = std::time::Duration::try_from_secs_f64(seconds)
+            .with_context(|| format!("--reconnect-timeout {seconds}: give seconds, 0 or more"))?;
     }
     let eager = args.runner_start.or(file.runner_start).unwrap_or_default() == RunnerStart::Eager;
     let mut runners = file.runners;

@@ -1,86 +1,21 @@
 //! `kill -9` of a manager process during a 10,000-task run: its tasks are retried on the other
 //! manager (or end with `ManagerLost` when out of retries), and every task ends exactly once.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{interchange, manager, wait_for_managers, Running};
 use htex_client::{Client, Task, TaskError};
-
-const HTEX: &str = env!("CARGO_BIN_EXE_htex");
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn htex(args: &[&str]) -> Running {
-    Running(
-        Command::new(HTEX)
-            .args(args)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    )
-}
 
 /// An interchange with a 2 s heartbeat threshold and two managers of 2 workers each.
 async fn cluster(name: &str) -> (Running, Running, Running, Client) {
-    let dir = std::env::temp_dir().join(format!("htex-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let addresses = dir.join("addresses.json");
-    let interchange = htex(&[
-        "interchange",
-        "--heartbeat-period",
-        "0.5",
-        "--heartbeat-threshold",
-        "2",
-        "--addresses-file",
-        addresses.to_str().unwrap(),
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let endpoints: serde_json::Value = loop {
-        if let Some(v) = std::fs::read_to_string(&addresses)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-        {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "no addresses file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let port = endpoints["manager"]
-        .as_str()
-        .unwrap()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let manager = |id: &str| {
-        htex(&[
-            "manager",
-            "--port",
-            &port,
-            "--workers",
-            "2",
-            "--manager-id",
-            id,
-        ])
-    };
-    let (a, b) = (manager("a"), manager("b"));
-    let client = Client::connect(endpoints["client"].as_str().unwrap())
-        .await
-        .unwrap();
-    while client.status().await.unwrap().managers.len() < 2 {
-        assert!(Instant::now() < deadline, "managers did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (interchange, a, b, client)
+    let ic = interchange(name, "127.0.0.1").await;
+    let a = manager(&[], "127.0.0.1", &ic.manager_port, "a");
+    let b = manager(&[], "127.0.0.1", &ic.manager_port, "b");
+    let client = Client::connect(&ic.client_endpoint).await.unwrap();
+    wait_for_managers(&client, &["a", "b"], Duration::from_secs(10)).await;
+    (ic.process, a, b, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +49,7 @@ async fn killed_manager_tasks_are_retried_elsewhere_and_end_once() {
     );
     let status = client.status().await.unwrap();
     assert_eq!(status.outstanding, 0);
+    assert_eq!(client.stray_results(), 0, "a task got a second result");
     assert_eq!(
         status
             .managers

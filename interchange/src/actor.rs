@@ -378,9 +378,14 @@ impl State {
             return;
         }
         let Some(&key) = self.manager_keys.get(&peer) else {
-            let reason = "unknown manager: register first".to_string();
+            // A manager declared lost (a network blip, a pause) or known to an earlier
+            // interchange: it registers again, and its late results count only if still wanted.
+            tracing::info!(
+                "message from an unknown manager {}: asking it to register",
+                hex(&peer)
+            );
             self.manager_sock
-                .send(&peer, &InterchangeMessage::Refused { reason })
+                .send(&peer, &InterchangeMessage::RegisterAgain)
                 .await;
             return;
         };

@@ -15,8 +15,18 @@ use crate::NodeResources;
 use crate::{ManagerConfig, ManagerError};
 
 pub(crate) enum Event {
-    Interchange(InterchangeMessage),
-    InterchangeGone,
+    /// A message on link `generation`.
+    Interchange {
+        generation: u64,
+        message: InterchangeMessage,
+    },
+    InterchangeGone {
+        generation: u64,
+    },
+    /// A new link after the old one was lost.
+    Reconnected(Link, Heartbeat),
+    /// No interchange within the reconnect timeout (or it refused this manager).
+    ReconnectFailed(ManagerError),
     Worker {
         slot: usize,
         generation: u64,
@@ -114,7 +124,9 @@ pub(crate) async fn run(
             break end;
         }
         if state.drained() {
-            state.link.send(&ManagerMessage::Goodbye).await;
+            if let Some(link) = &mut state.link {
+                link.send(&ManagerMessage::Goodbye).await;
+            }
             break Ok(());
         }
     };
@@ -129,7 +141,10 @@ struct State {
     config: ManagerConfig,
     /// Quit when the manager stops (dropped with the state).
     _mps_daemons: (Vec<crate::mps::MpsDaemon>, Option<crate::mps::EmptyPipeDir>),
-    link: Link,
+    /// `None` while reconnecting.
+    link: Option<Link>,
+    /// Generation of the current link; events of older links are ignored.
+    link_generation: u64,
     heartbeat: Heartbeat,
     events: mpsc::UnboundedSender<Event>,
     slots: Vec<Slot>,
@@ -167,7 +182,8 @@ impl State {
         State {
             config,
             _mps_daemons: (resources.mps_daemons, resources.empty_pipe),
-            link,
+            link: Some(link),
+            link_generation: 0,
             heartbeat,
             events,
             slots,
@@ -182,15 +198,32 @@ impl State {
     /// Handles one event; `Some` ends the manager.
     async fn handle(&mut self, event: Event) -> Option<Result<(), ManagerError>> {
         match event {
-            Event::Interchange(message) => {
+            Event::Interchange {
+                generation,
+                message,
+            } if generation == self.link_generation => {
                 self.last_heard = Instant::now();
                 return self.on_interchange(message);
             }
-            Event::InterchangeGone => {
-                return Some(Err(ManagerError::InterchangeLost(
-                    self.link.endpoint.clone(),
-                )));
+            Event::InterchangeGone { generation } if generation == self.link_generation => {
+                return self.lose_link("its connection closed");
             }
+            Event::Interchange { .. } | Event::InterchangeGone { .. } => {}
+            Event::Reconnected(link, heartbeat) => {
+                tracing::info!(manager = %self.config.manager_id, "registered again with the interchange");
+                let dropped = self.pending.len();
+                if dropped > 0 {
+                    // The interchange queued these again (or never knew them): they run elsewhere.
+                    tracing::info!(
+                        "dropping {dropped} task(s) received but not started before the loss"
+                    );
+                    self.pending.clear();
+                }
+                self.link = Some(link);
+                self.heartbeat = heartbeat;
+                self.last_heard = Instant::now();
+            }
+            Event::ReconnectFailed(error) => return Some(Err(error)),
             Event::Worker {
                 slot,
                 generation,
@@ -201,7 +234,9 @@ impl State {
                 }
             }
             Event::Stop => {
-                self.link.send(&ManagerMessage::Goodbye).await;
+                if let Some(link) = &mut self.link {
+                    link.send(&ManagerMessage::Goodbye).await;
+                }
                 return Some(Ok(()));
             }
         }
@@ -240,8 +275,29 @@ impl State {
             InterchangeMessage::Refused { reason } => {
                 return Some(Err(ManagerError::Refused(reason)))
             }
+            InterchangeMessage::RegisterAgain => {
+                return self.lose_link("the interchange no longer knows this manager")
+            }
             InterchangeMessage::Heartbeat | InterchangeMessage::Registered { .. } => {}
         }
+        None
+    }
+
+    /// The link is gone: exit, or (with a reconnect timeout) keep running tasks, buffer their
+    /// results and register again in the background.
+    fn lose_link(&mut self, why: &str) -> Option<Result<(), ManagerError>> {
+        let link = self.link.take()?;
+        let timeout = self.config.reconnect_timeout;
+        if timeout.is_zero() {
+            return Some(Err(ManagerError::InterchangeLost(link.endpoint.clone())));
+        }
+        tracing::warn!(manager = %self.config.manager_id, "lost the interchange ({why}); reconnecting for up to {timeout:?}");
+        self.link_generation += 1;
+        tokio::spawn(reconnect(
+            self.config.clone(),
+            self.events.clone(),
+            self.link_generation,
+        ));
         None
     }
 
@@ -401,10 +457,12 @@ impl State {
         }
     }
 
+    /// Sends buffered results; while reconnecting they wait for the new link.
     async fn flush(&mut self) {
+        let Some(link) = &mut self.link else { return };
         if !self.outbox.is_empty() {
             let results = std::mem::take(&mut self.outbox);
-            self.link.send(&ManagerMessage::Results(results)).await;
+            link.send(&ManagerMessage::Results(results)).await;
             self.last_sent = Instant::now();
         }
     }
@@ -428,13 +486,16 @@ impl State {
                 _ => {}
             }
         }
+        // While reconnecting, neither heartbeats nor silence count.
+        self.link.as_ref()?;
         if now.duration_since(self.last_heard) > self.heartbeat.threshold {
-            return Some(Err(ManagerError::InterchangeLost(
-                self.link.endpoint.clone(),
-            )));
+            let why = format!("silent for over {:?}", self.heartbeat.threshold);
+            return self.lose_link(&why);
         }
         if now.duration_since(self.last_sent) >= self.heartbeat.period {
-            self.link.send(&ManagerMessage::Heartbeat).await;
+            if let Some(link) = &mut self.link {
+                link.send(&ManagerMessage::Heartbeat).await;
+            }
             self.last_sent = now;
         }
         None
@@ -457,6 +518,36 @@ impl State {
         for slot in &mut self.slots {
             if let Some(process) = slot.process.take() {
                 process.kill();
+            }
+        }
+    }
+}
+
+/// Registers again until it works or the reconnect timeout passes; a refusal ends it at once.
+async fn reconnect(config: ManagerConfig, events: mpsc::UnboundedSender<Event>, generation: u64) {
+    let deadline = Instant::now() + config.reconnect_timeout;
+    let mut attempt = config.clone();
+    attempt.connect_timeout = config.connect_timeout.min(Duration::from_secs(5));
+    loop {
+        match crate::link::connect(&attempt, events.clone(), generation).await {
+            Ok((link, heartbeat)) => {
+                let _ = events.send(Event::Reconnected(link, heartbeat));
+                return;
+            }
+            Err(error @ ManagerError::Refused(_)) => {
+                let _ = events.send(Event::ReconnectFailed(error));
+                return;
+            }
+            Err(error) if Instant::now() >= deadline => {
+                tracing::error!("giving up on the interchange: {error}");
+                let _ = events.send(Event::ReconnectFailed(ManagerError::InterchangeLost(
+                    config.interchange.clone(),
+                )));
+                return;
+            }
+            Err(error) => {
+                tracing::debug!("reconnect attempt failed: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

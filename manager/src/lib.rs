@@ -43,6 +43,9 @@ pub struct ManagerConfig {
     pub output_limit: usize,
     /// How long to wait for the interchange to answer the registration.
     pub connect_timeout: Duration,
+    /// After losing the interchange, keep running tasks and try to register again for this long
+    /// before exiting (zero: exit at once).
+    pub reconnect_timeout: Duration,
     pub max_frame_bytes: usize,
     /// Warm runners every slot hosts, by name.
     pub runners: std::collections::BTreeMap<String, htex_protocol::RunnerSpec>,
@@ -69,6 +72,7 @@ impl ManagerConfig {
             worker_command: vec![exe, "worker".into()],
             output_limit: 1 << 20,
             connect_timeout: Duration::from_secs(30),
+            reconnect_timeout: Duration::from_secs(60),
             max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
             zero_worker: false,
             runners: Default::default(),
@@ -169,7 +173,7 @@ impl Manager {
         }
         let resources = NodeResources::prepare(&config)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (link, heartbeat) = link::connect(&config, events_tx.clone()).await?;
+        let (link, heartbeat) = link::connect(&config, events_tx.clone(), 0).await?;
         tracing::info!(manager = %config.manager_id, slots = config.slots.len(), "manager registered");
         let id = config.manager_id.clone();
         let task = tokio::spawn(actor::run(

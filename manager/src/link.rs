@@ -12,10 +12,19 @@ use zeromq::{DealerSendHalf, DealerSocket, Socket, SocketRecv, SocketSend, ZmqMe
 use crate::actor::Event;
 use crate::{hostname, ManagerConfig, ManagerError};
 
-/// The send side of the link.
+/// The send side of the link; dropping it stops its receive loop.
 pub(crate) struct Link {
     send: DealerSendHalf,
     pub endpoint: String,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.abort();
+        }
+    }
 }
 
 impl Link {
@@ -40,9 +49,11 @@ pub(crate) struct Heartbeat {
 }
 
 /// Connects and registers; returns once the interchange said `Registered`.
+/// Events of the receive loop carry `generation`, so those of a replaced link are ignored.
 pub(crate) async fn connect(
     config: &ManagerConfig,
     events: mpsc::UnboundedSender<Event>,
+    generation: u64,
 ) -> Result<(Link, Heartbeat), ManagerError> {
     let endpoint = config.interchange.clone();
     let fail = |reason: String| ManagerError::Connect {
@@ -58,6 +69,7 @@ pub(crate) async fn connect(
     let mut link = Link {
         send,
         endpoint: endpoint.clone(),
+        reader: None,
     };
     let registration = Registration {
         protocol_version: PROTOCOL_VERSION,
@@ -93,19 +105,22 @@ pub(crate) async fn connect(
         Ok(other) => return Err(fail(format!("unexpected first reply {other:?}"))),
         Err(e) => return Err(fail(e.to_string())),
     };
-    tokio::spawn(async move {
+    link.reader = Some(tokio::spawn(async move {
         loop {
             let message = match recv.recv().await {
                 Ok(message) => message,
                 Err(e) => {
                     tracing::warn!("interchange link closed: {e}");
-                    let _ = events.send(Event::InterchangeGone);
+                    let _ = events.send(Event::InterchangeGone { generation });
                     break;
                 }
             };
             let frame = message.into_vec().pop().unwrap_or_default();
             let event = match decode::<InterchangeMessage>(&frame, limit) {
-                Ok(message) => Event::Interchange(message),
+                Ok(message) => Event::Interchange {
+                    generation,
+                    message,
+                },
                 Err(e) => {
                     tracing::warn!("dropping a bad frame from the interchange: {e}");
                     continue;
@@ -115,6 +130,6 @@ pub(crate) async fn connect(
                 break;
             }
         }
-    });
+    }));
     Ok((link, heartbeat))
 }

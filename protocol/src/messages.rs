@@ -162,6 +162,9 @@ pub enum InterchangeMessage {
     Drain,
     Shutdown,
     Heartbeat,
+    /// The interchange does not know this manager (it was declared lost, or the interchange
+    /// restarted): register again.
+    RegisterAgain,
 }
 
 /// Manager → worker, over the worker's stdin.

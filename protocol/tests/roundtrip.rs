@@ -274,6 +274,7 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
         Just(InterchangeMessage::Drain),
         Just(InterchangeMessage::Shutdown),
         Just(InterchangeMessage::Heartbeat),
+        Just(InterchangeMessage::RegisterAgain),
     ]
 }
 

@@ -67,6 +67,7 @@ async fn run_client(client: Client, c: usize) -> usize {
         }
     }
     assert_eq!(client.outstanding(), 0);
+    assert_eq!(client.stray_results(), 0, "a task got a second result");
     TASKS_PER_CLIENT
 }
 

@@ -1,0 +1,134 @@
+//! Helpers for tests that run `htex` as separate processes: an interchange with a short heartbeat
+//! threshold, managers, and a client, all cleaned up on drop.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use htex_client::Client;
+
+pub const HTEX: &str = env!("CARGO_BIN_EXE_htex");
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+}
+
+/// Starts `htex ARGS...` (optionally under a wrapper such as `ip netns exec NS`).
+pub fn htex_in(wrapper: &[&str], args: &[&str]) -> Running {
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    argv.push(HTEX);
+    argv.extend_from_slice(args);
+    Running(
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+pub fn htex(args: &[&str]) -> Running {
+    htex_in(&[], args)
+}
+
+/// A running interchange and where it listens.
+pub struct TestInterchange {
+    pub process: Running,
+    pub client_endpoint: String,
+    pub manager_port: String,
+}
+
+/// An interchange on `address` with heartbeats every 0.5 s and a 2 s threshold.
+pub async fn interchange(name: &str, address: &str) -> TestInterchange {
+    let dir: PathBuf = std::env::temp_dir().join(format!("htex-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addresses = dir.join("addresses.json");
+    let _ = std::fs::remove_file(&addresses);
+    let process = htex(&[
+        "interchange",
+        "--address",
+        address,
+        "--heartbeat-period",
+        "0.5",
+        "--heartbeat-threshold",
+        "2",
+        "--addresses-file",
+        addresses.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let endpoints: serde_json::Value = loop {
+        let text = std::fs::read_to_string(&addresses).ok();
+        if let Some(value) = text.and_then(|t| serde_json::from_str(&t).ok()) {
+            break value;
+        }
+        assert!(Instant::now() < deadline, "no addresses file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let endpoint = |key: &str| endpoints[key].as_str().unwrap().to_string();
+    let manager_port = endpoint("manager").rsplit(':').next().unwrap().to_string();
+    let client_port = endpoint("client").rsplit(':').next().unwrap().to_string();
+    TestInterchange {
+        process,
+        client_endpoint: format!("tcp://127.0.0.1:{client_port}"),
+        manager_port,
+    }
+}
+
+/// A manager with 2 workers named `id`.
+pub fn manager(wrapper: &[&str], host: &str, port: &str, id: &str) -> Running {
+    htex_in(
+        wrapper,
+        &[
+            "manager",
+            "--interchange",
+            host,
+            "--port",
+            port,
+            "--workers",
+            "2",
+            "--manager-id",
+            id,
+        ],
+    )
+}
+
+/// Waits until exactly `ids` are the connected managers (sorted), or panics after `timeout`.
+pub async fn wait_for_managers(client: &Client, ids: &[&str], timeout: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut now: Vec<String> = client
+            .status()
+            .await
+            .unwrap()
+            .managers
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        now.sort();
+        if now == ids {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "managers {now:?}, waited for {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
