@@ -80,6 +80,9 @@ pub struct ManagerArgs {
     /// first call (`lazy`).
     #[arg(long)]
     runner_start: Option<RunnerStart>,
+    /// Seconds a drain (first SIGTERM/SIGINT) waits for running tasks before stopping (default 20).
+    #[arg(long)]
+    drain_timeout: Option<f64>,
     /// Seconds to keep running tasks and trying to register again after losing the interchange
     /// (0: exit at once; default 60).
     #[arg(long)]
@@ -114,6 +117,7 @@ struct ManagerFile {
     mps_mem_key: Option<MemLimitKey>,
     runner_start: Option<RunnerStart>,
     reconnect_timeout: Option<f64>,
+    drain_timeout: Option<f64>,
     /// Runner name → command line.
     #[serde(default)]
     runners: BTreeMap<String, Vec<String>>,
@@ -246,6 +250,10 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
         config.reconnect_timeout = std::time::Duration::try_from_secs_f64(seconds)
             .with_context(|| format!("--reconnect-timeout {seconds}: give seconds, 0 or more"))?;
     }
+    if let Some(seconds) = args.drain_timeout.or(file.drain_timeout) {
+        config.drain_timeout = std::time::Duration::try_from_secs_f64(seconds)
+            .with_context(|| format!("--drain-timeout {seconds}: give seconds, 0 or more"))?;
+    }
     let eager = args.runner_start.or(file.runner_start).unwrap_or_default() == RunnerStart::Eager;
     let mut runners = file.runners;
     for entry in &args.runner {
@@ -274,8 +282,13 @@ pub async fn manager(args: ManagerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("slot {}", crate::cli::describe_slot(&slot.descriptor));
     }
     let manager = Manager::start(config).await?;
+    // The first SIGTERM/SIGINT drains (running tasks finish, the rest go back to the
+    // interchange); a second one stops at once.
     let stopper = manager.stopper();
     tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("draining; signal again to stop at once");
+        stopper.drain();
         shutdown_signal().await;
         stopper.stop();
     });

@@ -89,3 +89,31 @@ async fn without_retries_a_lost_manager_gives_manager_lost() {
     );
     println!("{lost} task(s) ended ManagerLost; detection and the rest took {detected:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_manager_without_losing_or_rerunning_a_task() {
+    let (_interchange, mut a, _b, client) = cluster("sigterm-drain").await;
+    // No retries allowed: a drained manager must not lose anything.
+    let handles: Vec<_> = (0..200)
+        .map(|_| client.submit(Task::call("sleep", &50u64).unwrap()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let mut on_a = 0;
+    for handle in handles {
+        let result = handle.await.unwrap();
+        assert!(result.outcome.is_ok(), "{:?}", result.outcome);
+        assert_eq!(result.attempts, 1, "a task ran twice");
+        on_a += usize::from(result.slot.unwrap().manager == "a");
+    }
+    assert!(on_a > 0, "manager a ran nothing before the signal");
+    let status = a.0.wait().unwrap();
+    println!(
+        "manager drained and exited ({status}) {:?} after SIGTERM; it ran {on_a} task(s)",
+        signalled.elapsed()
+    );
+    assert!(status.success(), "{status}");
+    wait_for_managers(&client, &["b"], Duration::from_secs(5)).await;
+    assert_eq!(client.stray_results(), 0);
+}

@@ -401,6 +401,7 @@ impl State {
             }
             ManagerMessage::Heartbeat => {}
             ManagerMessage::Goodbye => self.lose_manager(key, "it said goodbye"),
+            ManagerMessage::Draining { returned } => self.on_draining(key, returned),
         }
     }
 
@@ -452,6 +453,26 @@ impl State {
                 record.state = TaskState::Queued;
                 self.queue.push(record.spec.priority, gid);
             }
+        }
+    }
+
+    /// A manager stops taking tasks; those it gives back are queued again, with no loss counted.
+    fn on_draining(&mut self, key: u64, returned: Vec<GlobalId>) {
+        let Some(manager) = self.managers.get_mut(&key) else {
+            return;
+        };
+        manager.state = ManagerState::Draining;
+        tracing::info!(manager = %manager.registration.manager_id, returned = returned.len(), "manager draining");
+        for gid in returned {
+            let Some(task) = self.tasks.get_mut(&gid) else {
+                continue;
+            };
+            if task.state != (TaskState::Dispatched { manager: key }) {
+                continue;
+            }
+            manager.release(gid, &task.spec.resources);
+            task.state = TaskState::Queued;
+            self.queue.push(task.spec.priority, gid);
         }
     }
 

@@ -27,6 +27,8 @@ pub(crate) enum Event {
     Reconnected(Link, Heartbeat),
     /// No interchange within the reconnect timeout (or it refused this manager).
     ReconnectFailed(ManagerError),
+    /// Finish the running tasks, give back the rest, then exit (SIGTERM, say).
+    Drain,
     Worker {
         slot: usize,
         generation: u64,
@@ -152,6 +154,10 @@ struct State {
     pending: VecDeque<TaskSpec>,
     outbox: Vec<TaskResult>,
     draining: bool,
+    /// When a drain gives up on running tasks and stops.
+    drain_deadline: Option<Instant>,
+    /// Tasks given back by a drain, for the `Draining` message the next flush sends.
+    returned: Option<Vec<TaskId>>,
     last_heard: Instant,
     last_sent: Instant,
 }
@@ -190,6 +196,8 @@ impl State {
             pending: VecDeque::new(),
             outbox: Vec::new(),
             draining: false,
+            drain_deadline: None,
+            returned: None,
             last_heard: now,
             last_sent: now,
         }
@@ -224,6 +232,7 @@ impl State {
                 self.last_heard = Instant::now();
             }
             Event::ReconnectFailed(error) => return Some(Err(error)),
+            Event::Drain => self.start_draining(),
             Event::Worker {
                 slot,
                 generation,
@@ -261,13 +270,7 @@ impl State {
             }
             InterchangeMessage::Tasks(tasks) => self.pending.extend(tasks),
             InterchangeMessage::Cancel(ids) => ids.into_iter().for_each(|id| self.cancel(id)),
-            InterchangeMessage::Drain => {
-                tracing::info!(
-                    "draining: finishing {} task(s), taking no more",
-                    self.load()
-                );
-                self.draining = true;
-            }
+            InterchangeMessage::Drain => self.start_draining(),
             InterchangeMessage::Shutdown => {
                 tracing::info!("the interchange asked this manager to shut down");
                 return Some(Ok(()));
@@ -281,6 +284,23 @@ impl State {
             InterchangeMessage::Heartbeat | InterchangeMessage::Registered { .. } => {}
         }
         None
+    }
+
+    /// Takes no more tasks: pending ones go back to the interchange, running ones finish (until
+    /// the drain timeout, after which the manager stops).
+    fn start_draining(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+        let returned: Vec<TaskId> = self.pending.drain(..).map(|t| t.id).collect();
+        tracing::info!(
+            "draining: finishing {} running task(s), giving back {}",
+            self.load(),
+            returned.len()
+        );
+        self.returned = Some(returned);
     }
 
     /// The link is gone: exit, or (with a reconnect timeout) keep running tasks, buffer their
@@ -460,6 +480,9 @@ impl State {
     /// Sends buffered results; while reconnecting they wait for the new link.
     async fn flush(&mut self) {
         let Some(link) = &mut self.link else { return };
+        if let Some(returned) = self.returned.take() {
+            link.send(&ManagerMessage::Draining { returned }).await;
+        }
         if !self.outbox.is_empty() {
             let results = std::mem::take(&mut self.outbox);
             link.send(&ManagerMessage::Results(results)).await;
@@ -485,6 +508,16 @@ impl State {
                 SlotState::Down { restart_at } if now >= *restart_at => self.spawn_worker(index),
                 _ => {}
             }
+        }
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            tracing::warn!(
+                "drain timeout: stopping with {} task(s) still running",
+                self.load()
+            );
+            if let Some(link) = &mut self.link {
+                link.send(&ManagerMessage::Goodbye).await;
+            }
+            return Some(Ok(()));
         }
         // While reconnecting, neither heartbeats nor silence count.
         self.link.as_ref()?;

@@ -47,6 +47,8 @@ pub struct ManagerConfig {
     /// before exiting (zero: exit at once).
     pub reconnect_timeout: Duration,
     pub max_frame_bytes: usize,
+    /// How long a drain waits for running tasks before the manager stops anyway.
+    pub drain_timeout: Duration,
     /// Warm runners every slot hosts, by name.
     pub runners: std::collections::BTreeMap<String, htex_protocol::RunnerSpec>,
     /// Answer every task at once without running it (no workers are started), to measure the
@@ -75,6 +77,7 @@ impl ManagerConfig {
             reconnect_timeout: Duration::from_secs(60),
             max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
             zero_worker: false,
+            drain_timeout: Duration::from_secs(20),
             runners: Default::default(),
         }
     }
@@ -226,7 +229,14 @@ pub fn hostname() -> String {
 pub struct Stopper(mpsc::UnboundedSender<actor::Event>);
 
 impl Stopper {
+    /// Stops at once: workers are killed; the interchange retries their tasks elsewhere.
     pub fn stop(&self) {
         let _ = self.0.send(actor::Event::Stop);
+    }
+
+    /// Takes no more tasks, gives back those not started, finishes the running ones (up to
+    /// `drain_timeout`), then exits.
+    pub fn drain(&self) {
+        let _ = self.0.send(actor::Event::Drain);
     }
 }

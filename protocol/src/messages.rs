@@ -144,6 +144,11 @@ pub enum ManagerMessage {
     Heartbeat,
     /// The manager finished draining and is exiting.
     Goodbye,
+    /// The manager is draining (told to, or stopping on a signal): send it nothing more; the
+    /// tasks it had not started go back to the queue.
+    Draining {
+        returned: Vec<TaskId>,
+    },
 }
 
 /// Interchange → manager.

@@ -257,6 +257,7 @@ fn manager_message() -> impl Strategy<Value = ManagerMessage> {
         vec(task_result(), 0..3).prop_map(ManagerMessage::Results),
         Just(ManagerMessage::Heartbeat),
         Just(ManagerMessage::Goodbye),
+        vec(any::<u64>(), 0..8).prop_map(|returned| ManagerMessage::Draining { returned }),
     ]
 }
 
