@@ -58,8 +58,18 @@ struct RunningTask {
     id: TaskId,
     timeout_ms: Option<u64>,
     deadline: Option<Instant>,
-    /// Set when the manager killed the worker on purpose, to report this instead of `WorkerLost`.
-    ending: Option<TaskError>,
+    /// Set when the manager killed the worker on purpose: how the task ends instead of
+    /// `WorkerLost`.
+    ending: Option<Ending>,
+    /// The spec, kept for MPS slots, whose tasks run again when a neighbour faults the GPU.
+    retry: Option<TaskSpec>,
+}
+
+/// How a task whose worker the manager killed ends.
+enum Ending {
+    Error(TaskError),
+    /// Run it again (an innocent bystander of a GPU fault).
+    Requeue,
 }
 
 struct Slot {
@@ -72,6 +82,8 @@ struct Slot {
     spawned_at: Instant,
     /// Consecutive quick deaths, for restart backoff.
     quick_deaths: u32,
+    /// No restart before this (the MPS server recovering from a fault).
+    hold_until: Option<Instant>,
 }
 
 /// Most events handled before pending tasks are assigned and results flushed.
@@ -141,8 +153,10 @@ pub(crate) async fn run(
 
 struct State {
     config: ManagerConfig,
-    /// Quit when the manager stops (dropped with the state).
-    _mps_daemons: (Vec<crate::mps::MpsDaemon>, Option<crate::mps::EmptyPipeDir>),
+    /// MPS daemons, watched for GPU faults, and quit when the manager stops (dropped with the
+    /// state), as is the empty pipe directory.
+    mps: Vec<crate::mps::MpsDaemon>,
+    _empty_pipe: Option<crate::mps::EmptyPipeDir>,
     /// `None` while reconnecting.
     link: Option<Link>,
     /// Generation of the current link; events of older links are ignored.
@@ -183,11 +197,13 @@ impl State {
                 generation: 0,
                 spawned_at: now,
                 quick_deaths: 0,
+                hold_until: None,
             })
             .collect();
         State {
             config,
-            _mps_daemons: (resources.mps_daemons, resources.empty_pipe),
+            mps: resources.mps_daemons,
+            _empty_pipe: resources.empty_pipe,
             link: Some(link),
             link_generation: 0,
             heartbeat,
@@ -322,6 +338,16 @@ impl State {
     }
 
     fn on_worker(&mut self, index: usize, event: WorkerEvent) {
+        // A failure in an MPS slot may be a GPU fault the log already reports: handle that
+        // first, so the failure is judged as part of it.
+        let failed = match &event {
+            WorkerEvent::Reply(WorkerReply::Done(result)) => result.outcome.is_err(),
+            WorkerEvent::Exited(_) => true,
+            WorkerEvent::Reply(_) => false,
+        };
+        if failed && self.slots[index].descriptor.kind == htex_protocol::SlotKind::Mps {
+            self.check_gpu_faults();
+        }
         let manager = self.config.manager_id.clone();
         let slot = &mut self.slots[index];
         match event {
@@ -330,58 +356,97 @@ impl State {
                 slot.state = SlotState::Idle;
             }
             WorkerEvent::Reply(WorkerReply::Done(mut result)) => {
-                if matches!(&slot.state, SlotState::Busy(t) if t.id == result.id) {
-                    slot.state = SlotState::Idle;
-                    slot.quick_deaths = 0;
-                    result.slot = Some(SlotRef {
-                        manager,
-                        slot: index as u32,
-                    });
-                    self.outbox.push(result);
-                } else {
+                let SlotState::Busy(task) = std::mem::replace(&mut slot.state, SlotState::Idle)
+                else {
                     tracing::warn!(
                         slot = index,
                         task = result.id,
                         "worker answered a task it was not given"
                     );
+                    return;
+                };
+                if task.id != result.id {
+                    tracing::warn!(
+                        slot = index,
+                        task = result.id,
+                        "worker answered a task it was not given"
+                    );
+                    slot.state = SlotState::Busy(task);
+                    return;
                 }
+                slot.quick_deaths = 0;
+                if task.ending.is_some() {
+                    // Its worker is being killed: no new task until the restart.
+                    slot.state = SlotState::Starting;
+                }
+                match task.ending {
+                    Some(Ending::Requeue) if task.retry.is_some() => {
+                        self.pending.push_front(task.retry.expect("checked"));
+                        return;
+                    }
+                    Some(Ending::Error(error @ TaskError::GpuFault { .. })) => {
+                        result.outcome = Err(error)
+                    }
+                    _ => {}
+                }
+                result.slot = Some(SlotRef {
+                    manager,
+                    slot: index as u32,
+                });
+                self.outbox.push(result);
             }
             WorkerEvent::Exited(detail) => {
-                let previous = std::mem::replace(
-                    &mut slot.state,
-                    SlotState::Down {
-                        restart_at: Instant::now(),
-                    },
-                );
                 slot.process = None;
-                if let SlotState::Busy(task) = previous {
-                    let error = task.ending.unwrap_or_else(|| {
-                        tracing::warn!(slot = index, task = task.id, "{detail}");
-                        TaskError::WorkerLost { detail }
-                    });
-                    let mut result = TaskResult::error(task.id, error);
-                    result.slot = Some(SlotRef {
-                        manager,
-                        slot: index as u32,
-                    });
-                    result.attempts = 1;
-                    self.outbox.push(result);
-                } else {
-                    tracing::warn!(slot = index, "{detail}");
+                let now = Instant::now();
+                match std::mem::replace(&mut slot.state, SlotState::Down { restart_at: now }) {
+                    SlotState::Busy(task) => self.end_killed_task(index, task, detail),
+                    _ => tracing::warn!(slot = index, "{detail}"),
                 }
-                if slot.spawned_at.elapsed() < QUICK_DEATH {
-                    slot.quick_deaths += 1;
-                } else {
-                    slot.quick_deaths = 0;
-                }
-                let backoff = restart_backoff(slot.quick_deaths);
-                slot.state = SlotState::Down {
-                    restart_at: Instant::now() + backoff,
-                };
-                if backoff.is_zero() {
-                    self.spawn_worker(index);
-                }
+                self.schedule_restart(index);
             }
+        }
+    }
+
+    /// Ends the task of a worker that died: as the manager decided when it killed it (an error,
+    /// or another run), else `WorkerLost`.
+    fn end_killed_task(&mut self, index: usize, task: RunningTask, detail: String) {
+        let error = match task.ending {
+            Some(Ending::Requeue) if task.retry.is_some() => {
+                self.pending.push_front(task.retry.expect("checked"));
+                return;
+            }
+            Some(Ending::Error(error)) => error,
+            _ => {
+                tracing::warn!(slot = index, task = task.id, "{detail}");
+                TaskError::WorkerLost { detail }
+            }
+        };
+        let mut result = TaskResult::error(task.id, error);
+        result.slot = Some(SlotRef {
+            manager: self.config.manager_id.clone(),
+            slot: index as u32,
+        });
+        result.attempts = 1;
+        self.outbox.push(result);
+    }
+
+    /// Restarts a slot's worker: at once, after a backoff if it keeps dying, and never before
+    /// its GPU recovered from a fault.
+    fn schedule_restart(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if slot.spawned_at.elapsed() < QUICK_DEATH {
+            slot.quick_deaths += 1;
+        } else {
+            slot.quick_deaths = 0;
+        }
+        let now = Instant::now();
+        let mut restart_at = now + restart_backoff(slot.quick_deaths);
+        if let Some(hold) = slot.hold_until.filter(|h| *h > restart_at) {
+            restart_at = hold;
+        }
+        slot.state = SlotState::Down { restart_at };
+        if restart_at <= now {
+            self.spawn_worker(index);
         }
     }
 
@@ -427,7 +492,7 @@ impl State {
         for slot in &mut self.slots {
             if let (SlotState::Busy(task), Some(process)) = (&mut slot.state, &slot.process) {
                 if task.id == id && task.ending.is_none() {
-                    task.ending = Some(TaskError::Cancelled { reason });
+                    task.ending = Some(Ending::Error(TaskError::Cancelled { reason }));
                     process.kill();
                     return;
                 }
@@ -465,11 +530,15 @@ impl State {
             let deadline = task
                 .timeout_ms
                 .map(|ms| Instant::now() + Duration::from_millis(ms));
+            // MPS slots keep the spec: a neighbour's GPU fault sends the task round again.
+            let retry =
+                (slot.descriptor.kind == htex_protocol::SlotKind::Mps).then(|| task.clone());
             slot.state = SlotState::Busy(RunningTask {
                 id: task.id,
                 timeout_ms: task.timeout_ms,
                 deadline,
                 ending: None,
+                retry,
             });
             if let Some(process) = &slot.process {
                 process.send(&WorkerRequest::Run(task));
@@ -490,8 +559,54 @@ impl State {
         }
     }
 
+    /// Reads the MPS servers' logs for fatal GPU errors and handles each as a GPU event.
+    fn check_gpu_faults(&mut self) {
+        let faults: Vec<_> = self.mps.iter_mut().flat_map(|d| d.take_faults()).collect();
+        for fault in faults {
+            self.on_gpu_fault(fault);
+        }
+    }
+
+    /// A fatal error on an MPS GPU poisons every client on it: the task of the process that
+    /// caused it ends with `GpuFault`, the other slots' tasks run again, and every worker on the
+    /// GPU is killed and restarted once the server had time to recover. When the culprit cannot
+    /// be told, every task running on the GPU ends with `GpuFault`.
+    fn on_gpu_fault(&mut self, fault: crate::mps::GpuFault) {
+        let culprit_group = fault.pid.and_then(process_group);
+        let on_gpu = |s: &Slot| {
+            s.descriptor.kind == htex_protocol::SlotKind::Mps
+                && s.descriptor.gpu_uuid.as_deref() == Some(fault.gpu_uuid.as_str())
+        };
+        let is_culprit = |s: &Slot| {
+            s.process
+                .as_ref()
+                .is_some_and(|p| fault.pid == Some(p.pid) || culprit_group == Some(p.pid))
+        };
+        let known = self.slots.iter().any(|s| on_gpu(s) && is_culprit(s));
+        tracing::error!(gpu = %fault.gpu_uuid, pid = ?fault.pid, "MPS fatal GPU error: {}", fault.line);
+        let hold = Instant::now() + GPU_RECOVERY;
+        let detail = format!("fatal GPU error on {} ({})", fault.gpu_uuid, fault.line);
+        for slot in self.slots.iter_mut().filter(|s| on_gpu(s)) {
+            let culprit = is_culprit(slot);
+            slot.hold_until = Some(hold);
+            if let SlotState::Busy(task) = &mut slot.state {
+                task.ending = Some(if known && !culprit {
+                    Ending::Requeue
+                } else {
+                    Ending::Error(TaskError::GpuFault {
+                        detail: detail.clone(),
+                    })
+                });
+            }
+            if let Some(process) = &slot.process {
+                process.kill();
+            }
+        }
+    }
+
     /// Timeouts, restarts and heartbeats; `Some` ends the manager.
     async fn on_tick(&mut self) -> Option<Result<(), ManagerError>> {
+        self.check_gpu_faults();
         let now = Instant::now();
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
@@ -500,7 +615,7 @@ impl State {
                     if task.ending.is_none() && task.deadline.is_some_and(|d| now >= d) =>
                 {
                     let after_ms = task.timeout_ms.unwrap_or(0);
-                    task.ending = Some(TaskError::Timeout { after_ms });
+                    task.ending = Some(Ending::Error(TaskError::Timeout { after_ms }));
                     if let Some(process) = &slot.process {
                         process.kill();
                     }
@@ -554,6 +669,22 @@ impl State {
             }
         }
     }
+}
+
+/// How long the workers of a faulted GPU stay down: the MPS server recovers once every client
+/// exited (a new client ran 4.7 s after the fault on an H100, docs/results/mps-fault.md).
+const GPU_RECOVERY: Duration = Duration::from_secs(2);
+
+/// The process group of a live process, from `/proc/PID/stat`.
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: state, ppid, pgrp.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// Registers again until it works or the reconnect timeout passes; a refusal ends it at once.

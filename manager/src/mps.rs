@@ -34,6 +34,18 @@ pub struct MpsDaemon {
     control: PathBuf,
     dir: PathBuf,
     running: bool,
+    /// How much of the server log has been read for fault lines.
+    log_offset: u64,
+}
+
+/// A fatal GPU error the MPS server reported: every client on the GPU is affected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuFault {
+    pub gpu_uuid: String,
+    /// The client process that triggered it, when the log names one.
+    pub pid: Option<u32>,
+    /// The server's log line.
+    pub line: String,
 }
 
 impl MpsDaemon {
@@ -50,6 +62,7 @@ impl MpsDaemon {
             control: control.into(),
             dir,
             running: false,
+            log_offset: 0,
         };
         let output = daemon
             .command()
@@ -113,6 +126,40 @@ impl MpsDaemon {
         })
     }
 
+    /// Fatal GPU errors the server logged since the last look. The server writes
+    /// `Client {PID: N, Context: C} encountered a fatal GPU error.` to `server.log` in the log
+    /// directory this manager gave it (seen on an H100, docs/results/mps-fault.md).
+    pub fn take_faults(&mut self) -> Vec<GpuFault> {
+        let path = self.log_dir().join("server.log");
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            return Vec::new();
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len <= self.log_offset {
+            self.log_offset = self.log_offset.min(len);
+            return Vec::new();
+        }
+        use std::io::{Read, Seek, SeekFrom};
+        let mut fresh = String::new();
+        if file.seek(SeekFrom::Start(self.log_offset)).is_err()
+            || file.read_to_string(&mut fresh).is_err()
+        {
+            return Vec::new();
+        }
+        // Only whole lines; a partial last line is read again next time.
+        let complete = fresh.rfind('\n').map_or(0, |i| i + 1);
+        self.log_offset += complete as u64;
+        fresh[..complete]
+            .lines()
+            .filter(|line| line.contains("encountered a fatal GPU error"))
+            .map(|line| GpuFault {
+                gpu_uuid: self.gpu_uuid.clone(),
+                pid: fault_pid(line),
+                line: line.trim().to_string(),
+            })
+            .collect()
+    }
+
     /// Quits the daemon (and its server) and removes its directories.
     pub fn quit(&mut self) {
         if !self.running {
@@ -151,6 +198,14 @@ impl Drop for MpsDaemon {
     fn drop(&mut self) {
         self.quit();
     }
+}
+
+/// The `N` of `{PID: N, ...}` in a server log line.
+fn fault_pid(line: &str) -> Option<u32> {
+    let rest = &line[line.find("PID: ")? + 5..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
 }
 
 /// Sends one command to the daemon of `pipe_dir`: `Ok(Ok(stdout))` when it answered,
@@ -240,5 +295,17 @@ pub fn clean_stale(control: &Path) {
             }
         }
         let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_lines_name_their_client() {
+        let line = "[2026-11-25 13:12:21.953 Server   482] Client {PID: 420, Context: 1} encountered a fatal GPU error.";
+        assert_eq!(fault_pid(line), Some(420));
+        assert_eq!(fault_pid("Server is handling a fatal GPU error."), None);
     }
 }

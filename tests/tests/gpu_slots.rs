@@ -327,3 +327,138 @@ async fn a_missing_mps_control_program_is_a_clear_error() {
     );
     interchange.shutdown().await;
 }
+
+/// Starts a cluster with three MPS slots on the simulated H100 and the stand-in control program;
+/// returns it and the MPS log directory the manager gave the daemon.
+async fn mps_cluster(dir: &Path) -> (TestCluster, PathBuf) {
+    let (control, log) = fake_mps_control(dir);
+    let slots = planned(
+        "h100.json",
+        SlotSpec {
+            mps: vec!["0:34,33,33".into()],
+            ..SlotSpec::default()
+        },
+    );
+    let cluster =
+        TestCluster::start_with(test_worker!(), InterchangeConfig::default(), 1, 1, |c| {
+            c.slots = slots.clone();
+            c.mps_control = control.clone();
+        })
+        .await;
+    let calls = std::fs::read_to_string(log).unwrap();
+    let logdir = calls
+        .split("logdir=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    (cluster, PathBuf::from(logdir))
+}
+
+/// Three tasks that write their worker's pid and sleep, one per slot; returns handles and pids.
+async fn three_busy_slots(client: &Client, dir: &Path) -> (Vec<htex_client::TaskHandle>, Vec<u32>) {
+    let files: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("pid-{i}"))).collect();
+    let handles: Vec<_> = files
+        .iter()
+        .map(|f| {
+            client.submit(Task::call("pid_then_sleep", &(f.to_string_lossy(), 1500u64)).unwrap())
+        })
+        .collect();
+    let mut pids = Vec::new();
+    for f in &files {
+        assert!(htex_tests::eventually(Duration::from_secs(10), || f.exists()).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pids.push(std::fs::read_to_string(f).unwrap().trim().parse().unwrap());
+    }
+    (handles, pids)
+}
+
+/// What the H100's MPS server logs when a client faults (docs/results/mps-fault.md).
+fn log_fault(logdir: &Path, pid: u32) {
+    use std::io::Write;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logdir.join("server.log"))
+        .unwrap();
+    writeln!(log, "[2026-11-25 13:12:21.953 Server   482] Client {{PID: {pid}, Context: 1}} encountered a fatal GPU error.").unwrap();
+    writeln!(
+        log,
+        "[2026-11-25 13:12:21.953 Server   482] Server is handling a fatal GPU error."
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_fault_fails_its_culprit_and_reruns_the_neighbours() {
+    let dir = scratch("fault");
+    let (cluster, logdir) = mps_cluster(&dir).await;
+    let client = cluster.client().await;
+    let (handles, pids) = three_busy_slots(&client, &dir).await;
+    let faulted_at = htex_protocol::now_us();
+    log_fault(&logdir, pids[1]);
+    let mut reran = 0;
+    for (i, handle) in handles.into_iter().enumerate() {
+        let result = handle.await.unwrap();
+        if i == 1 {
+            match result.outcome {
+                Err(TaskError::GpuFault { detail }) => {
+                    assert!(detail.contains("fatal GPU error"), "{detail}")
+                }
+                other => panic!("the culprit should end with GpuFault, got {other:?}"),
+            }
+        } else {
+            assert!(
+                result.outcome.is_ok(),
+                "a neighbour failed: {:?}",
+                result.outcome
+            );
+            // It ran again from the start, on a restarted worker, after the fault.
+            assert!(
+                result.timings.started_us > faulted_at + 1_000_000,
+                "{:?}",
+                result.timings
+            );
+            reran += 1;
+        }
+    }
+    assert_eq!(reran, 2);
+    // Every worker on the GPU was replaced: none of the old processes answers.
+    let now: Vec<u32> =
+        futures::future::join_all((0..12).map(|_| client.call::<_, u32>("pid", &()).unwrap()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    assert!(
+        now.iter().all(|pid| !pids.contains(pid)),
+        "old workers still serve: {now:?} vs {pids:?}"
+    );
+    cluster.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_fault_of_unknown_origin_fails_every_task_on_the_gpu() {
+    let dir = scratch("fault-unknown");
+    let (cluster, logdir) = mps_cluster(&dir).await;
+    let client = cluster.client().await;
+    let (handles, _) = three_busy_slots(&client, &dir).await;
+    log_fault(&logdir, 4_000_000);
+    for handle in handles {
+        let outcome = handle.await.unwrap().outcome;
+        assert!(
+            matches!(outcome, Err(TaskError::GpuFault { .. })),
+            "{outcome:?}"
+        );
+    }
+    // The slots come back and serve.
+    let next = client
+        .submit(Task::call("add", &(1, 2)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(htex_client::decode_value::<i64>(&next).unwrap(), 3);
+    cluster.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
