@@ -62,7 +62,7 @@ struct RunningTask {
     /// `WorkerLost`.
     ending: Option<Ending>,
     /// The spec, kept for MPS slots, whose tasks run again when a neighbour faults the GPU.
-    retry: Option<TaskSpec>,
+    retry: Option<Box<TaskSpec>>,
 }
 
 /// How a task whose worker the manager killed ends.
@@ -381,7 +381,7 @@ impl State {
                 }
                 match task.ending {
                     Some(Ending::Requeue) if task.retry.is_some() => {
-                        self.pending.push_front(task.retry.expect("checked"));
+                        self.pending.push_front(*task.retry.expect("checked"));
                         return;
                     }
                     Some(Ending::Error(error @ TaskError::GpuFault { .. })) => {
@@ -412,7 +412,7 @@ impl State {
     fn end_killed_task(&mut self, index: usize, task: RunningTask, detail: String) {
         let error = match task.ending {
             Some(Ending::Requeue) if task.retry.is_some() => {
-                self.pending.push_front(task.retry.expect("checked"));
+                self.pending.push_front(*task.retry.expect("checked"));
                 return;
             }
             Some(Ending::Error(error)) => error,
