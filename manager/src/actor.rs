@@ -531,8 +531,8 @@ impl State {
                 .timeout_ms
                 .map(|ms| Instant::now() + Duration::from_millis(ms));
             // MPS slots keep the spec: a neighbour's GPU fault sends the task round again.
-            let retry =
-                (slot.descriptor.kind == htex_protocol::SlotKind::Mps).then(|| task.clone());
+            let retry = (slot.descriptor.kind == htex_protocol::SlotKind::Mps)
+                .then(|| Box::new(task.clone()));
             slot.state = SlotState::Busy(RunningTask {
                 id: task.id,
                 timeout_ms: task.timeout_ms,
