@@ -58,18 +58,8 @@ struct RunningTask {
     id: TaskId,
     timeout_ms: Option<u64>,
     deadline: Option<Instant>,
-    /// Set when the manager killed the worker on purpose: how the task ends instead of
-    /// `WorkerLost`.
-    ending: Option<Ending>,
-    /// The spec, kept for MPS slots, whose tasks run again when a neighbour faults the GPU.
-    retry: Option<Box<TaskSpec>>,
-}
-
-/// How a task whose worker the manager killed ends.
-enum Ending {
-    Error(TaskError),
-    /// Run it again (an innocent bystander of a GPU fault).
-    Requeue,
+    /// Set when the manager killed the worker on purpose, to report this instead of `WorkerLost`.
+    ending: Option<TaskError>,
 }
 
 struct Slot {
@@ -379,15 +369,9 @@ impl State {
                     // Its worker is being killed: no new task until the restart.
                     slot.state = SlotState::Starting;
                 }
-                match task.ending {
-                    Some(Ending::Requeue) if task.retry.is_some() => {
-                        self.pending.push_front(*task.retry.expect("checked"));
-                        return;
-                    }
-                    Some(Ending::Error(error @ TaskError::GpuFault { .. })) => {
-                        result.outcome = Err(error)
-                    }
-                    _ => {}
+                // A GPU fault poisons the work the task did, even when it answered first.
+                if let Some(error @ TaskError::GpuFault { .. }) = task.ending {
+                    result.outcome = Err(error);
                 }
                 result.slot = Some(SlotRef {
                     manager,
@@ -407,20 +391,13 @@ impl State {
         }
     }
 
-    /// Ends the task of a worker that died: as the manager decided when it killed it (an error,
-    /// or another run), else `WorkerLost`.
+    /// Ends the task of a worker that died: as the manager decided when it killed it, else
+    /// `WorkerLost`.
     fn end_killed_task(&mut self, index: usize, task: RunningTask, detail: String) {
-        let error = match task.ending {
-            Some(Ending::Requeue) if task.retry.is_some() => {
-                self.pending.push_front(*task.retry.expect("checked"));
-                return;
-            }
-            Some(Ending::Error(error)) => error,
-            _ => {
-                tracing::warn!(slot = index, task = task.id, "{detail}");
-                TaskError::WorkerLost { detail }
-            }
-        };
+        let error = task.ending.unwrap_or_else(|| {
+            tracing::warn!(slot = index, task = task.id, "{detail}");
+            TaskError::WorkerLost { detail }
+        });
         let mut result = TaskResult::error(task.id, error);
         result.slot = Some(SlotRef {
             manager: self.config.manager_id.clone(),
@@ -492,7 +469,7 @@ impl State {
         for slot in &mut self.slots {
             if let (SlotState::Busy(task), Some(process)) = (&mut slot.state, &slot.process) {
                 if task.id == id && task.ending.is_none() {
-                    task.ending = Some(Ending::Error(TaskError::Cancelled { reason }));
+                    task.ending = Some(TaskError::Cancelled { reason });
                     process.kill();
                     return;
                 }
@@ -530,15 +507,11 @@ impl State {
             let deadline = task
                 .timeout_ms
                 .map(|ms| Instant::now() + Duration::from_millis(ms));
-            // MPS slots keep the spec: a neighbour's GPU fault sends the task round again.
-            let retry = (slot.descriptor.kind == htex_protocol::SlotKind::Mps)
-                .then(|| Box::new(task.clone()));
             slot.state = SlotState::Busy(RunningTask {
                 id: task.id,
                 timeout_ms: task.timeout_ms,
                 deadline,
                 ending: None,
-                retry,
             });
             if let Some(process) = &slot.process {
                 process.send(&WorkerRequest::Run(task));
@@ -567,35 +540,26 @@ impl State {
         }
     }
 
-    /// A fatal error on an MPS GPU poisons every client on it: the task of the process that
-    /// caused it ends with `GpuFault`, the other slots' tasks run again, and every worker on the
-    /// GPU is killed and restarted once the server had time to recover. When the culprit cannot
-    /// be told, every task running on the GPU ends with `GpuFault`.
+    /// A fatal error on an MPS GPU poisons every client on it, and the MPS server does not say
+    /// which client caused it (the client its log names is not reliably the culprit,
+    /// docs/results/mps-fault.md). So every task running on the GPU ends with `GpuFault`, and
+    /// every worker there is killed and restarted once the server had time to recover.
     fn on_gpu_fault(&mut self, fault: crate::mps::GpuFault) {
-        let culprit_group = fault.pid.and_then(process_group);
+        tracing::error!(gpu = %fault.gpu_uuid, "MPS fatal GPU error: {}", fault.line);
+        let hold = Instant::now() + GPU_RECOVERY;
+        let detail = format!(
+            "fatal GPU error on {}, which every MPS client of the GPU shares",
+            fault.gpu_uuid
+        );
         let on_gpu = |s: &Slot| {
             s.descriptor.kind == htex_protocol::SlotKind::Mps
                 && s.descriptor.gpu_uuid.as_deref() == Some(fault.gpu_uuid.as_str())
         };
-        let is_culprit = |s: &Slot| {
-            s.process
-                .as_ref()
-                .is_some_and(|p| fault.pid == Some(p.pid) || culprit_group == Some(p.pid))
-        };
-        let known = self.slots.iter().any(|s| on_gpu(s) && is_culprit(s));
-        tracing::error!(gpu = %fault.gpu_uuid, pid = ?fault.pid, "MPS fatal GPU error: {}", fault.line);
-        let hold = Instant::now() + GPU_RECOVERY;
-        let detail = format!("fatal GPU error on {} ({})", fault.gpu_uuid, fault.line);
         for slot in self.slots.iter_mut().filter(|s| on_gpu(s)) {
-            let culprit = is_culprit(slot);
             slot.hold_until = Some(hold);
             if let SlotState::Busy(task) = &mut slot.state {
-                task.ending = Some(if known && !culprit {
-                    Ending::Requeue
-                } else {
-                    Ending::Error(TaskError::GpuFault {
-                        detail: detail.clone(),
-                    })
+                task.ending = Some(TaskError::GpuFault {
+                    detail: detail.clone(),
                 });
             }
             if let Some(process) = &slot.process {
@@ -615,7 +579,7 @@ impl State {
                     if task.ending.is_none() && task.deadline.is_some_and(|d| now >= d) =>
                 {
                     let after_ms = task.timeout_ms.unwrap_or(0);
-                    task.ending = Some(Ending::Error(TaskError::Timeout { after_ms }));
+                    task.ending = Some(TaskError::Timeout { after_ms });
                     if let Some(process) = &slot.process {
                         process.kill();
                     }
@@ -674,18 +638,6 @@ impl State {
 /// How long the workers of a faulted GPU stay down: the MPS server recovers once every client
 /// exited (a new client ran 4.7 s after the fault on an H100, docs/results/mps-fault.md).
 const GPU_RECOVERY: Duration = Duration::from_secs(2);
-
-/// The process group of a live process, from `/proc/PID/stat`.
-fn process_group(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name: state, ppid, pgrp.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
-}
 
 /// Registers again until it works or the reconnect timeout passes; a refusal ends it at once.
 async fn reconnect(config: ManagerConfig, events: mpsc::UnboundedSender<Event>, generation: u64) {

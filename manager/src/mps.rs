@@ -42,7 +42,7 @@ pub struct MpsDaemon {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuFault {
     pub gpu_uuid: String,
-    /// The client process that triggered it, when the log names one.
+    /// The client process the log names; not necessarily the one that caused the fault.
     pub pid: Option<u32>,
     /// The server's log line.
     pub line: String,

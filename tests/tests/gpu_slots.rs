@@ -391,40 +391,23 @@ fn log_fault(logdir: &Path, pid: u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gpu_fault_fails_its_culprit_and_reruns_the_neighbours() {
+async fn a_gpu_fault_ends_every_task_on_the_gpu_and_replaces_its_workers() {
     let dir = scratch("fault");
     let (cluster, logdir) = mps_cluster(&dir).await;
     let client = cluster.client().await;
     let (handles, pids) = three_busy_slots(&client, &dir).await;
-    let faulted_at = htex_protocol::now_us();
+    // The log names one client; MPS does not say which one caused the fault, so all share it.
     log_fault(&logdir, pids[1]);
-    let mut reran = 0;
-    for (i, handle) in handles.into_iter().enumerate() {
-        let result = handle.await.unwrap();
-        if i == 1 {
-            match result.outcome {
-                Err(TaskError::GpuFault { detail }) => {
-                    assert!(detail.contains("fatal GPU error"), "{detail}")
-                }
-                other => panic!("the culprit should end with GpuFault, got {other:?}"),
+    for handle in handles {
+        match handle.await.unwrap().outcome {
+            Err(TaskError::GpuFault { detail }) => {
+                assert!(detail.contains("fatal GPU error"), "{detail}")
             }
-        } else {
-            assert!(
-                result.outcome.is_ok(),
-                "a neighbour failed: {:?}",
-                result.outcome
-            );
-            // It ran again from the start, on a restarted worker, after the fault.
-            assert!(
-                result.timings.started_us > faulted_at + 1_000_000,
-                "{:?}",
-                result.timings
-            );
-            reran += 1;
+            other => panic!("expected GpuFault, got {other:?}"),
         }
     }
-    assert_eq!(reran, 2);
-    // Every worker on the GPU was replaced: none of the old processes answers.
+    // Every worker on the GPU was replaced: none of the old processes answers, and the slots
+    // serve again.
     let now: Vec<u32> =
         futures::future::join_all((0..12).map(|_| client.call::<_, u32>("pid", &()).unwrap()))
             .await
@@ -435,30 +418,6 @@ async fn a_gpu_fault_fails_its_culprit_and_reruns_the_neighbours() {
         now.iter().all(|pid| !pids.contains(pid)),
         "old workers still serve: {now:?} vs {pids:?}"
     );
-    cluster.stop().await;
-    std::fs::remove_dir_all(&dir).ok();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gpu_fault_of_unknown_origin_fails_every_task_on_the_gpu() {
-    let dir = scratch("fault-unknown");
-    let (cluster, logdir) = mps_cluster(&dir).await;
-    let client = cluster.client().await;
-    let (handles, _) = three_busy_slots(&client, &dir).await;
-    log_fault(&logdir, 4_000_000);
-    for handle in handles {
-        let outcome = handle.await.unwrap().outcome;
-        assert!(
-            matches!(outcome, Err(TaskError::GpuFault { .. })),
-            "{outcome:?}"
-        );
-    }
-    // The slots come back and serve.
-    let next = client
-        .submit(Task::call("add", &(1, 2)).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(htex_client::decode_value::<i64>(&next).unwrap(), 3);
     cluster.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
