@@ -60,6 +60,8 @@ struct RunningTask {
     deadline: Option<Instant>,
     /// Set when the manager killed the worker on purpose, to report this instead of `WorkerLost`.
     ending: Option<TaskError>,
+    /// The interchange no longer holds the task (this manager registered again): no result.
+    orphaned: bool,
 }
 
 struct Slot {
@@ -225,13 +227,21 @@ impl State {
             Event::Interchange { .. } | Event::InterchangeGone { .. } => {}
             Event::Reconnected(link, heartbeat) => {
                 tracing::info!(manager = %self.config.manager_id, "registered again with the interchange");
+                // The interchange queued again (or never knew) every task this manager held: the
+                // pending ones are dropped and the running ones stopped, so the slots are free.
                 let dropped = self.pending.len();
-                if dropped > 0 {
-                    // The interchange queued these again (or never knew them): they run elsewhere.
-                    tracing::info!(
-                        "dropping {dropped} task(s) received but not started before the loss"
-                    );
-                    self.pending.clear();
+                self.pending.clear();
+                let mut stopped = 0;
+                for slot in &mut self.slots {
+                    if let (SlotState::Busy(task), Some(process)) = (&mut slot.state, &slot.process)
+                    {
+                        task.orphaned = true;
+                        process.kill();
+                        stopped += 1;
+                    }
+                }
+                if dropped + stopped > 0 {
+                    tracing::info!("dropped {dropped} pending and stopped {stopped} running task(s) the interchange has requeued");
                 }
                 self.link = Some(link);
                 self.heartbeat = heartbeat;
@@ -365,9 +375,12 @@ impl State {
                     return;
                 }
                 slot.quick_deaths = 0;
-                if task.ending.is_some() {
+                if task.ending.is_some() || task.orphaned {
                     // Its worker is being killed: no new task until the restart.
                     slot.state = SlotState::Starting;
+                }
+                if task.orphaned {
+                    return;
                 }
                 // A GPU fault poisons the work the task did, even when it answered first.
                 if let Some(error @ TaskError::GpuFault { .. }) = task.ending {
@@ -394,6 +407,9 @@ impl State {
     /// Ends the task of a worker that died: as the manager decided when it killed it, else
     /// `WorkerLost`.
     fn end_killed_task(&mut self, index: usize, task: RunningTask, detail: String) {
+        if task.orphaned {
+            return;
+        }
         let error = task.ending.unwrap_or_else(|| {
             tracing::warn!(slot = index, task = task.id, "{detail}");
             TaskError::WorkerLost { detail }
@@ -512,6 +528,7 @@ impl State {
                 timeout_ms: task.timeout_ms,
                 deadline,
                 ending: None,
+                orphaned: false,
             });
             if let Some(process) = &slot.process {
                 process.send(&WorkerRequest::Run(task));
