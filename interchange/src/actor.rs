@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::queue::{GlobalId, TaskQueue};
 use crate::records::{ClientRecord, ManagerRecord, TaskRecord, TaskState};
 use crate::sockets::{hex, Router};
+use crate::task_table::TaskTable;
 use crate::InterchangeConfig;
 
 /// A decoded frame, or why it could not be decoded and the protocol version it claimed.
@@ -90,7 +91,7 @@ struct State {
     client_sock: Router,
     manager_sock: Router,
     started: Instant,
-    tasks: HashMap<GlobalId, TaskRecord>,
+    tasks: TaskTable,
     queue: TaskQueue,
     parked: Vec<GlobalId>,
     next_id: GlobalId,
@@ -111,7 +112,7 @@ impl State {
             client_sock,
             manager_sock,
             started: Instant::now(),
-            tasks: HashMap::new(),
+            tasks: TaskTable::new(1),
             queue: TaskQueue::default(),
             parked: Vec::new(),
             next_id: 1,
@@ -340,8 +341,8 @@ impl State {
         let now = Instant::now();
         let queued = self
             .tasks
-            .values()
-            .filter(|t| !matches!(t.state, TaskState::Dispatched { .. }));
+            .iter()
+            .filter(|(_, t)| !matches!(t.state, TaskState::Dispatched { .. }));
         let mut managers: Vec<_> = self.managers.values().map(|m| m.status(now)).collect();
         managers.sort_by(|a, b| a.id.cmp(&b.id));
         StatusReport {
@@ -674,7 +675,7 @@ impl State {
                 .send(&peer, &InterchangeMessage::Shutdown)
                 .await;
         }
-        let gids: Vec<GlobalId> = self.tasks.keys().copied().collect();
+        let gids: Vec<GlobalId> = self.tasks.iter().map(|(gid, _)| gid).collect();
         for gid in gids {
             self.finish(
                 gid,

@@ -17,6 +17,7 @@ mod actor;
 mod queue;
 mod records;
 mod sockets;
+mod task_table;
 
 use std::path::PathBuf;
 use std::time::Duration;
