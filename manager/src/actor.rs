@@ -82,6 +82,11 @@ struct Slot {
 const EVENT_BURST: usize = 1024;
 /// How often deadlines, restarts and heartbeats are looked at.
 const TICK: Duration = Duration::from_millis(50);
+/// While other slots are busy, results wait up to this long to share a frame with theirs. A
+/// result with no other task running goes out at once, so a lone task is never held back.
+const RESULT_HOLD: Duration = Duration::from_micros(500);
+/// Results that go out in one frame whatever the hold.
+const RESULT_BATCH: usize = 1024;
 /// A worker that dies sooner than this after starting is restarted with a growing delay.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
 
@@ -101,8 +106,13 @@ pub(crate) async fn run(
     }
     let mut tick = tokio::time::interval(TICK);
     let outcome = loop {
+        let hold_until = state.hold_until();
         let event = tokio::select! {
             event = events.recv() => event.unwrap_or(Event::Stop),
+            _ = tokio::time::sleep_until(hold_until.unwrap_or_else(Instant::now).into()), if hold_until.is_some() => {
+                state.flush().await;
+                continue;
+            }
             _ = tick.tick() => {
                 if let Some(end) = state.on_tick().await {
                     break end;
@@ -125,7 +135,9 @@ pub(crate) async fn run(
             }
         };
         state.assign();
-        state.flush().await;
+        if end.is_some() || state.results_due() {
+            state.flush().await;
+        }
         if let Some(end) = end {
             break end;
         }
@@ -159,6 +171,8 @@ struct State {
     /// Tasks received and not yet on a worker, in arrival order.
     pending: VecDeque<TaskSpec>,
     outbox: Vec<TaskResult>,
+    /// When the oldest result in the outbox arrived.
+    outbox_since: Option<Instant>,
     draining: bool,
     /// When a drain gives up on running tasks and stops.
     drain_deadline: Option<Instant>,
@@ -203,6 +217,7 @@ impl State {
             slots,
             pending: VecDeque::new(),
             outbox: Vec::new(),
+            outbox_since: None,
             draining: false,
             drain_deadline: None,
             returned: None,
@@ -536,9 +551,34 @@ impl State {
         }
     }
 
+    /// Whether buffered results should go out now: no other task is running (so none is coming
+    /// soon), enough have gathered, or the oldest has waited `RESULT_HOLD`.
+    fn results_due(&mut self) -> bool {
+        if self.outbox.is_empty() {
+            return self.returned.is_some();
+        }
+        let since = *self.outbox_since.get_or_insert_with(Instant::now);
+        let running = self
+            .slots
+            .iter()
+            .any(|s| matches!(s.state, SlotState::Busy(_)));
+        !running
+            || self.outbox.len() >= RESULT_BATCH
+            || since.elapsed() >= RESULT_HOLD
+            || self.draining
+    }
+
+    /// When held results must go out, if any are held.
+    fn hold_until(&self) -> Option<Instant> {
+        self.outbox_since
+            .filter(|_| !self.outbox.is_empty())
+            .map(|since| since + RESULT_HOLD)
+    }
+
     /// Sends buffered results; while reconnecting they wait for the new link.
     async fn flush(&mut self) {
         let Some(link) = &mut self.link else { return };
+        self.outbox_since = None;
         if let Some(returned) = self.returned.take() {
             link.send(&ManagerMessage::Draining { returned }).await;
         }
