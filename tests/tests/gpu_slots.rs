@@ -238,25 +238,20 @@ async fn tasks_go_only_to_slots_that_satisfy_them() {
         min_mps_percentage: Some(p),
         ..Default::default()
     };
-    let half: Vec<_> = (0..6)
-        .map(|_| client.submit(sleep().resources(at_least(50))))
-        .collect();
-    let cpu: Vec<_> = (0..6)
-        .map(|_| {
-            client.submit(sleep().resources(ResourceRequest {
-                cpu_only: true,
-                ..Default::default()
-            }))
-        })
-        .collect();
-    let gpu: Vec<_> = (0..6)
-        .map(|_| {
-            client.submit(sleep().resources(ResourceRequest {
-                gpu: true,
-                ..Default::default()
-            }))
-        })
-        .collect();
+    let six = |request: ResourceRequest| -> Vec<_> {
+        (0..6)
+            .map(|_| client.submit(sleep().resources(request.clone())))
+            .collect()
+    };
+    let half = six(at_least(50));
+    let cpu = six(ResourceRequest {
+        cpu_only: true,
+        ..Default::default()
+    });
+    let gpu = six(ResourceRequest {
+        gpu: true,
+        ..Default::default()
+    });
     let big = ResourceRequest {
         min_sm_count: Some(60),
         ..Default::default()

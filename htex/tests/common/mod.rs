@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use htex_client::Client;
+use htex_client::{Client, TaskHandle, TaskResult};
 
 pub const HTEX: &str = env!("CARGO_BIN_EXE_htex");
 
@@ -131,4 +131,39 @@ pub async fn wait_for_managers(client: &Client, ids: &[&str], timeout: Duration)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Awaits every handle (within a minute); each must end once, with its own id, successfully.
+pub async fn all_succeeded(handles: Vec<TaskHandle>) -> Vec<TaskResult> {
+    let ids: Vec<_> = handles.iter().map(|h| h.id()).collect();
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(handles))
+        .await
+        .expect("every task ends");
+    ids.iter()
+        .zip(results)
+        .map(|(id, result)| {
+            let result = result.unwrap();
+            assert_eq!(result.id, *id);
+            assert!(result.outcome.is_ok(), "task {id}: {:?}", result.outcome);
+            result
+        })
+        .collect()
+}
+
+/// With `held` held, a new task must run on `serving`; nothing is left outstanding and no task
+/// got a second result.
+pub async fn serves_alone(client: &Client, serving: &str, held: &str) {
+    client
+        .command(htex_client::Command::Hold {
+            manager: held.into(),
+        })
+        .await
+        .unwrap();
+    let result = client
+        .submit(htex_client::Task::call("sleep", &1u64).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(result.slot.unwrap().manager, serving);
+    assert_eq!(client.status().await.unwrap().outstanding, 0);
+    assert_eq!(client.stray_results(), 0, "a task got a second result");
 }
