@@ -156,12 +156,8 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         vec((any::<u64>(), any::<bool>()), 0..3)
             .prop_map(move |s| ClientRequest::Submit(submit(s))),
         vec(any::<u64>(), 0..4).prop_map(ClientRequest::Cancel),
-        (any::<u64>(), command("fz-[a-z]{0,4}|test-0|fuzz-fake", 5)).prop_map(
-            |(request_id, command)| ClientRequest::Command {
-                request_id,
-                command
-            }
-        ),
+        (any::<u64>(), command("fz-[a-z]{0,4}|test-0|fuzz-fake", 5))
+            .prop_map(|(id, c)| command_request(id, c)),
         Just(ClientRequest::Heartbeat),
         Just(ClientRequest::Goodbye),
     ]
@@ -276,6 +272,13 @@ async fn reply(socket: &mut DealerSocket) -> Vec<u8> {
     recv(socket, within).await.expect("a reply within 3 s")
 }
 
+fn command_request(request_id: u64, command: Command) -> ClientRequest {
+    ClientRequest::Command {
+        request_id,
+        command,
+    }
+}
+
 fn hello(protocol_version: u32, name: String) -> ClientRequest {
     ClientRequest::Hello(ClientHello {
         protocol_version,
@@ -319,10 +322,8 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
                 let ids = next_id..next_id + valid.len() as u64;
                 let mut specs: Vec<_> = ids.zip(&valid).map(|(id, v)| spec(id, *v)).collect();
                 next_id += specs.len() as u64;
-                ACCEPTED.fetch_add(
-                    valid.iter().filter(|v| **v).count() as u64,
-                    Ordering::Relaxed,
-                );
+                let accepted = valid.iter().filter(|v| **v).count() as u64;
+                ACCEPTED.fetch_add(accepted, Ordering::Relaxed);
                 if dup {
                     specs.push(specs[0].clone());
                 }
@@ -337,14 +338,7 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
                 commands.insert(next_id, command == Command::Status);
                 let request_id = next_id;
                 next_id += 1;
-                send(
-                    &mut member,
-                    &ClientRequest::Command {
-                        request_id,
-                        command,
-                    },
-                )
-                .await;
+                send(&mut member, &command_request(request_id, command)).await;
             }
             Op::Sweep(returned) => {
                 let newest = ACCEPTED.load(Ordering::Relaxed) + 50;
@@ -372,11 +366,8 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
     wants[0].push(NO_HELLO.into());
     send(&mut strangers[1], &ManagerMessage::Results(vec![])).await;
     wants[1].push("RegisterAgain".into());
-    for ((socket, wants), to) in strangers
-        .iter_mut()
-        .zip(&wants)
-        .zip([To::Client, To::Manager])
-    {
+    let sockets = strangers.iter_mut().zip([To::Client, To::Manager]);
+    for ((socket, to), wants) in sockets.zip(&wants) {
         for want in wants {
             check(to, want, &reply(socket).await);
             w.replies += 1;
@@ -429,33 +420,20 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
 
 /// (Re-)registers the fake manager, checking the replies due to it before `Registered`.
 async fn register_fake(fake: &mut DealerSocket, due: Vec<String>) -> u64 {
-    send(
-        fake,
-        &ManagerMessage::Register(registration(PV, FAKE.into())),
-    )
-    .await;
+    let register = ManagerMessage::Register(registration(PV, FAKE.into()));
+    send(fake, &register).await;
     let (mut due, mut seen) = (due.into_iter(), 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(
-            Instant::now() < deadline,
-            "the fake is not registered again"
-        );
+        assert!(Instant::now() < deadline, "the fake is not registered");
         let frame = reply(fake).await;
         match decode::<InterchangeMessage>(&frame, LIMIT) {
             Ok(InterchangeMessage::Registered { .. }) => {
-                assert!(
-                    due.len() == 0,
-                    "replies due to the fake are missing: {due:?}"
-                );
+                assert!(due.len() == 0, "missing: {due:?}");
                 return seen;
             }
-            Ok(InterchangeMessage::Heartbeat) => {}
-            _ => check(
-                To::Fake,
-                &due.next().expect("no reply due to the fake"),
-                &frame,
-            ),
+            Ok(InterchangeMessage::Heartbeat) => continue,
+            _ => check(To::Fake, &due.next().expect("a due reply"), &frame),
         }
         seen += 1;
     }
@@ -577,13 +555,9 @@ fn interchange_survives_fuzzed_peers() {
         assert_eq!(left, (0, 0, 1), "{status:?}");
         // A newcomer is served.
         let fresh = cluster.client().await;
-        let done = fresh
-            .submit(Task::function("echo", b"after".to_vec()))
-            .await;
-        assert_eq!(
-            done.unwrap().outcome,
-            Ok(TaskOutput::Value(b"after".to_vec()))
-        );
+        let after = b"after".to_vec();
+        let done = fresh.submit(Task::function("echo", after.clone())).await;
+        assert_eq!(done.unwrap().outcome, Ok(TaskOutput::Value(after)));
         fresh.close().await;
         client.close().await;
     });
