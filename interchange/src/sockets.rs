@@ -5,7 +5,9 @@ use bytes::Bytes;
 use htex_protocol::{decode, encode, peek_protocol_version, ClientRequest, ManagerMessage};
 use serde::Serialize;
 use tokio::sync::mpsc;
-use zeromq::{RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{
+    RouterSendHalf, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage,
+};
 
 use crate::actor::{Event, Incoming};
 use crate::{InterchangeConfig, InterchangeError};
@@ -41,7 +43,11 @@ pub(crate) async fn bind(
     events: mpsc::UnboundedSender<Event>,
     config: &InterchangeConfig,
 ) -> Result<Router, InterchangeError> {
-    let mut socket = RouterSocket::new();
+    let mut options = SocketOptions::default();
+    // Frames up to twice the limit are read and refused with a clear error; longer ones drop
+    // their connection before anything is allocated for them.
+    options.max_frame_size(config.max_frame_bytes.saturating_mul(2));
+    let mut socket = RouterSocket::with_options(options);
     let bound = socket
         .bind(endpoint)
         .await

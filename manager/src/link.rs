@@ -60,7 +60,9 @@ pub(crate) async fn connect(
         endpoint: endpoint.clone(),
         reason,
     };
-    let mut socket = DealerSocket::new();
+    let mut options = zeromq::SocketOptions::default();
+    options.max_frame_size(config.max_frame_bytes.saturating_mul(2));
+    let mut socket = DealerSocket::with_options(options);
     tokio::time::timeout(config.connect_timeout, socket.connect(&endpoint))
         .await
         .map_err(|_| fail(format!("no answer within {:?}", config.connect_timeout)))?

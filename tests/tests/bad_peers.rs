@@ -145,3 +145,53 @@ async fn garbage_from_clients_is_answered_or_dropped_and_others_are_served() {
     assert!(matches!(after.outcome, Ok(TaskOutput::Command(_))));
     cluster.stop().await;
 }
+
+/// A ZMTP 3.0 NULL-mechanism greeting and a READY command of a DEALER: a real ZeroMQ handshake.
+fn zmtp_handshake() -> Vec<u8> {
+    let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0x7f, 3, 0];
+    let mut mechanism = b"NULL".to_vec();
+    mechanism.resize(20, 0);
+    bytes.extend(mechanism);
+    bytes.push(0); // as-server
+    bytes.extend([0u8; 31]);
+    let mut ready = vec![5u8];
+    ready.extend(b"READY");
+    ready.push(11);
+    ready.extend(b"Socket-Type");
+    ready.extend(6u32.to_be_bytes());
+    ready.extend(b"DEALER");
+    bytes.extend([0x04, ready.len() as u8]);
+    bytes.extend(ready);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_announcing_a_huge_frame_is_dropped_not_allocated_for() {
+    let cluster = TestCluster::start(test_worker!(), 1, 1).await;
+    let endpoints = [
+        cluster.client_endpoint().to_string(),
+        cluster.manager_endpoint().to_string(),
+    ];
+    for endpoint in &endpoints {
+        let address = endpoint.trim_start_matches("tcp://").to_string();
+        let mut raw = std::net::TcpStream::connect(&address).unwrap();
+        let mut bytes = zmtp_handshake();
+        // A message frame (long form) announcing 1 TiB: the process would abort reserving it.
+        bytes.push(0x02);
+        bytes.extend((1u64 << 40).to_be_bytes());
+        raw.write_all(&bytes).unwrap();
+        // The interchange drops the connection.
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut raw, &mut sink);
+    }
+    let client = cluster.client().await;
+    let status = client.status().await.unwrap();
+    assert_eq!(status.managers.len(), 1);
+    let done = client
+        .submit(Task::function("noop", vec![0xc0]))
+        .await
+        .unwrap();
+    assert!(done.outcome.is_ok());
+    cluster.stop().await;
+}
