@@ -142,9 +142,9 @@ fn wait_for_file(path: &Path) -> String {
     panic!("{} never appeared", path.display());
 }
 
-#[test]
-fn hand_started_interchange_and_manager_serve_submit_and_status() {
-    let dir = scratch("by-hand");
+/// Starts `htex interchange` writing its addresses into `dir`; returns it and its ports
+/// (client, manager).
+fn start_interchange(dir: &Path) -> (Running, String, String) {
     let addresses = dir.join("addresses.json");
     let interchange = Running(
         Command::new(HTEX)
@@ -165,7 +165,13 @@ fn hand_started_interchange_and_manager_serve_submit_and_status() {
             .unwrap()
             .to_string()
     };
-    let (client_port, manager_port) = (port("client"), port("manager"));
+    (interchange, port("client"), port("manager"))
+}
+
+#[test]
+fn hand_started_interchange_and_manager_serve_submit_and_status() {
+    let dir = scratch("by-hand");
+    let (interchange, client_port, manager_port) = start_interchange(&dir);
     let mut manager = Running(
         Command::new(HTEX)
             .args([
@@ -260,26 +266,7 @@ fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
     std::fs::create_dir_all(stale).unwrap();
     std::fs::write(stale.join("control"), "").unwrap();
 
-    let addresses = dir.join("addresses.json");
-    let _interchange = Running(
-        Command::new(HTEX)
-            .args(["interchange", "--addresses-file"])
-            .arg(&addresses)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let endpoints: serde_json::Value = serde_json::from_str(&wait_for_file(&addresses)).unwrap();
-    let port = |key: &str| {
-        endpoints[key]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let (_interchange, client_port, manager_port) = start_interchange(&dir);
     let path = format!(
         "{}:{}",
         bin.display(),
@@ -290,7 +277,7 @@ fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
             .args([
                 "manager",
                 "--port",
-                &port("manager"),
+                &manager_port,
                 "--mps",
                 "0:60,40",
                 "--mps-mem",
@@ -322,7 +309,7 @@ fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
     assert_eq!(calls.matches("start ").count(), 1, "{calls}");
 
     let status = Command::new(HTEX)
-        .args(["status", "--port", &port("client")])
+        .args(["status", "--port", &client_port])
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
