@@ -4,7 +4,6 @@ use std::fs::File;
 use std::io::{BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +12,7 @@ use htex_interchange::{Interchange, InterchangeConfig};
 use htex_protocol::{Command, StatusReport};
 
 use crate::local::LocalCluster;
+use crate::manager_cmd::seconds;
 use crate::run::run_tasks;
 use crate::taskfile;
 
@@ -263,14 +263,11 @@ async fn write_results(
 }
 
 async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
-    let seconds = |s: f64, what: &str| {
-        Duration::try_from_secs_f64(s).with_context(|| format!("--{what} must be positive"))
-    };
     let config = InterchangeConfig {
         client_bind: format!("tcp://{}:{}", args.address, args.client_port),
         manager_bind: format!("tcp://{}:{}", args.address, args.manager_port),
-        heartbeat_period: seconds(args.heartbeat_period, "heartbeat-period")?,
-        heartbeat_threshold: seconds(args.heartbeat_threshold, "heartbeat-threshold")?,
+        heartbeat_period: seconds("heartbeat-period", args.heartbeat_period)?,
+        heartbeat_threshold: seconds("heartbeat-threshold", args.heartbeat_threshold)?,
         addresses_file: args.addresses_file,
         ..InterchangeConfig::default()
     };

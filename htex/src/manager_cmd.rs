@@ -130,32 +130,34 @@ impl ManagerArgs {
     fn slot_spec(&self, file: SlotSpec) -> SlotSpec {
         SlotSpec {
             gpus: self.gpus.clone().or(file.gpus),
-            mps: if self.mps.is_empty() {
-                file.mps
-            } else {
-                self.mps.clone()
-            },
-            mps_mem: if self.mps_mem.is_empty() {
-                file.mps_mem
-            } else {
-                self.mps_mem.clone()
-            },
+            mps: flag_or_file(&self.mps, file.mps),
+            mps_mem: flag_or_file(&self.mps_mem, file.mps_mem),
             mps_split: self.mps_split.or(file.mps_split),
             mig: self.mig.clone().or(file.mig),
             cpu: file.cpu,
-            available_accelerators: if self.available_accelerators.is_empty() {
-                file.available_accelerators
-            } else {
-                self.available_accelerators.clone()
-            },
-            gpu_percentage: if self.gpu_percentage.is_empty() {
-                file.gpu_percentage
-            } else {
-                self.gpu_percentage.clone()
-            },
+            available_accelerators: flag_or_file(
+                &self.available_accelerators,
+                file.available_accelerators,
+            ),
+            gpu_percentage: flag_or_file(&self.gpu_percentage, file.gpu_percentage),
             oversubscribe: self.oversubscribe || file.oversubscribe,
         }
     }
+}
+
+/// A list flag given on the command line replaces the file's list.
+fn flag_or_file<T: Clone>(flag: &[T], file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() {
+        file
+    } else {
+        flag.to_vec()
+    }
+}
+
+/// Seconds from a flag, as a duration; `flag` names it in the error.
+pub(crate) fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{flag} {value}: give seconds, 0 or more"))
 }
 
 fn wants_gpus(spec: &SlotSpec) -> bool {
@@ -246,13 +248,11 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     if let Some(key) = args.mps_mem_key.or(file.mps_mem_key) {
         config.mps_mem_key = key;
     }
-    if let Some(seconds) = args.reconnect_timeout.or(file.reconnect_timeout) {
-        config.reconnect_timeout = std::time::Duration::try_from_secs_f64(seconds)
-            .with_context(|| format!("--reconnect-timeout {seconds}: give seconds, 0 or more"))?;
+    if let Some(value) = args.reconnect_timeout.or(file.reconnect_timeout) {
+        config.reconnect_timeout = seconds("reconnect-timeout", value)?;
     }
-    if let Some(seconds) = args.drain_timeout.or(file.drain_timeout) {
-        config.drain_timeout = std::time::Duration::try_from_secs_f64(seconds)
-            .with_context(|| format!("--drain-timeout {seconds}: give seconds, 0 or more"))?;
+    if let Some(value) = args.drain_timeout.or(file.drain_timeout) {
+        config.drain_timeout = seconds("drain-timeout", value)?;
     }
     let eager = args.runner_start.or(file.runner_start).unwrap_or_default() == RunnerStart::Eager;
     let mut runners = file.runners;

@@ -142,6 +142,21 @@ fn wait_for_file(path: &Path) -> String {
     panic!("{} never appeared", path.display());
 }
 
+/// Reads a manager's stderr (piped) until it logs that it registered; returns the reader, which
+/// the caller keeps so the manager's later log lines still have somewhere to go.
+fn wait_until_registered(manager: &mut Running) -> BufReader<std::process::ChildStderr> {
+    let mut log = BufReader::new(manager.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("manager registered") {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "manager exited before registering"
+        );
+    }
+    log
+}
+
 /// Starts `htex interchange` writing its addresses into `dir`; returns it and its ports
 /// (client, manager).
 fn start_interchange(dir: &Path) -> (Running, String, String) {
@@ -188,16 +203,7 @@ fn hand_started_interchange_and_manager_serve_submit_and_status() {
             .spawn()
             .unwrap(),
     );
-    // The manager logs once it is registered.
-    let mut log = BufReader::new(manager.0.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("manager registered") {
-        line.clear();
-        assert!(
-            log.read_line(&mut line).unwrap() > 0,
-            "manager exited before registering"
-        );
-    }
+    let _log = wait_until_registered(&mut manager);
 
     let status = Command::new(HTEX)
         .args(["status", "--json", "--port", &client_port])
@@ -291,15 +297,7 @@ fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
             .spawn()
             .unwrap(),
     );
-    let mut stderr = BufReader::new(manager.0.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("manager registered") {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "manager exited before registering"
-        );
-    }
+    let _log = wait_until_registered(&mut manager);
     let calls = std::fs::read_to_string(&log).unwrap();
     assert!(
         calls.contains(&format!("quit pipe={}", stale.display())),
