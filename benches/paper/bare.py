@@ -112,6 +112,16 @@ def mps_procs():
     return found
 
 
+def block_cpus(n, per_slot=None):
+    """The CPUs of n slots, in blocks of per_slot (default: an even split) of this process's."""
+    available = sorted(os.sched_getaffinity(0))
+    per_slot = per_slot or max(1, len(available) // n)
+    if per_slot * n > len(available):
+        raise Abort("%d slots with %d CPUs each need %d CPUs; %d available" % (n, per_slot, per_slot * n,
+                                                                           len(available)))
+    return [available[i * per_slot:(i + 1) * per_slot] for i in range(n)]
+
+
 class Abort(Exception):
     """The run cannot go on (exit status 2)."""
 
@@ -175,14 +185,17 @@ class Daemon:
 class Child:
     """One bare_worker.py process and the thread that reads its answers."""
 
-    def __init__(self, index, env, events, python):
+    def __init__(self, index, env, events, python, cpus=None):
         self.index = index
         self.spawned_at_us = now_us()
         env = dict(env, BARE_SLOT_INDEX=str(index), BARE_SPAWNED_AT_US=str(self.spawned_at_us),
                    PYTHONUNBUFFERED="1")
+        if cpus:
+            env["OMP_NUM_THREADS"] = str(len(cpus))  # as htex's manager does for a pinned slot
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen([python, os.path.join(HERE, "bare_worker.py")], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, preexec_fn=pin)
         self.ready = None
         self.job = None  # (completion id, hand-out perf_counter)
         self.alive = True
@@ -236,6 +249,10 @@ def main():
                     help="seconds for all children to build the model and warm up")
     ap.add_argument("--run-timeout", type=float, default=900.0, help="seconds for all completions")
     ap.add_argument("--task-timeout", type=float, default=300.0, help="seconds for one completion")
+    ap.add_argument("--cpu-affinity", choices=["none", "block"], default="none",
+                    help="block: child i is pinned to CPUs [i*k, (i+1)*k) of this process's, as "
+                         "htex manager --cpu-affinity block")
+    ap.add_argument("--cores-per-slot", type=int, help="k for --cpu-affinity block (default: CPUs / slots)")
     args = ap.parse_args()
     n = args.slots
     if n < 1 or args.completions < 1:
@@ -275,8 +292,10 @@ def main():
         # Start all children, wait until every one is ready (model built, one warm completion).
         events = queue.Queue()
         t_spawn = time.perf_counter()
+        slot_cpus = block_cpus(n, args.cores_per_slot) if args.cpu_affinity == "block" else [None] * n
+        record["cpu_affinity"] = args.cpu_affinity + ("/%d" % args.cores_per_slot if args.cores_per_slot else "")
         for i in range(n):
-            children.append(Child(i, env, events, args.python))
+            children.append(Child(i, env, events, args.python, slot_cpus[i]))
         log("%s: started %d child(ren) %s; waiting for ready (limit %.0fs)"
             % (label, n, [c.proc.pid for c in children], args.ready_timeout))
         deadline = time.monotonic() + args.ready_timeout

@@ -56,6 +56,8 @@ def main():
         "import_s": facts["import_s"],
         "build_s": facts["build_s"],
         "memory_bytes": facts["memory_bytes"],
+        "cpus": facts["cpus"],
+        "torch_threads": facts["torch_threads"],
         "warm_generate_s": round(warm, 3),
         "warm_tokens": tokens,
     })

@@ -108,6 +108,8 @@ class Llama:
             "memory_bytes": self.memory_bytes,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "mps_pipe": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "torch_threads": self.torch.get_num_threads(),
         }
 
 

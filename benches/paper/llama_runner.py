@@ -136,6 +136,8 @@ def warmup(barrier_dir, n, timeout_s=600.0):
         "import_s": facts["import_s"],
         "build_s": facts["build_s"],
         "memory_bytes": facts["memory_bytes"],
+        "cpus": facts["cpus"],
+        "torch_threads": facts["torch_threads"],
         "warm_generate_s": round(warm_generate_s, 3),
         "warm_tokens": tokens,
         "barrier_wait_s": round(barrier_wait_s, 3),

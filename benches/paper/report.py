@@ -3,9 +3,11 @@
 
     python3 benches/paper/report.py RESULTS/paper.jsonl [MORE/paper.jsonl ...] \
         [--env RESULTS/paper-env.txt ...] [--md docs/results/paper.md] [--plots-dir docs/results]
+        [--no-plots] [--notes NOTES.md]
 
-Reads the JSON lines that benches/paper/run.sh appends (one per (mode, N, system) run; for a run
-that appears more than once, the last one without an error counts) and the environment files
+Reads the JSON lines that benches/paper/run.sh appends (one per (mode, N, system) run; repeats
+of a run are averaged in the tables, and htex/bare is the mean of the per-repeat ratios, each
+repeat's two systems having run back to back) and the environment files
 (default: paper-env.txt beside each results file). Writes the Markdown report and, with
 matplotlib, paper-throughput.png (in the manner of the paper's Fig. 4: time for all completions
 and throughput vs instances) and paper-latency.png (Fig. 5: per-completion latency vs
@@ -125,37 +127,69 @@ def speedup(runs, r):
     return r["throughput"] / base["throughput"]
 
 
-def ratio(runs, mode, n):
-    """htex total time / bare total time for (mode, n), None when either is missing or failed."""
-    h, b = runs.get((mode, n, "htex")), runs.get((mode, n, "bare"))
-    if h is None or b is None or failed(h) or failed(b) or not b.get("total_s"):
+def pairs(every, mode, n):
+    """[(repeat, htex total_s, bare total_s)]: the repeats of (mode, n) in which both systems
+    succeeded (the last record of each wins). run.sh runs the two systems of a repeat back to
+    back on the same machine, so a pair shares the host's state; runs without a partner are left
+    out of the comparison."""
+    by_repeat = {}
+    for r in every:
+        if r["mode"] == mode and r["slots"] == n and not failed(r):
+            by_repeat.setdefault(r.get("repeat", 1), {})[r["system"]] = r
+    out = []
+    for rep in sorted(by_repeat):
+        h, b = by_repeat[rep].get("htex"), by_repeat[rep].get("bare")
+        if h and b and b.get("total_s"):
+            out.append((rep, h["total_s"], b["total_s"]))
+    return out
+
+
+def ratio(every, mode, n):
+    """htex total time / bare total time for (mode, n): the mean over paired repeats, None when
+    no repeat has both."""
+    ps = pairs(every, mode, n)
+    if not ps:
         return None
-    return h["total_s"] / b["total_s"]
+    return sum(h / b for _, h, b in ps) / len(ps)
 
 
-def checks(runs, expect=(1, 2, 3, 4)):
+def mps_gains(every, system):
+    """[(repeat, MPS N=4 throughput / MPS N=1 throughput)] for the repeats that have both."""
+    by_repeat = {}
+    for r in every:
+        if r["mode"] == "mps" and r["system"] == system and r["slots"] in (1, 4) and not failed(r):
+            by_repeat.setdefault(r.get("repeat", 1), {})[r["slots"]] = r["throughput"]
+    return [(rep, v[4] / v[1]) for rep, v in sorted(by_repeat.items()) if 1 in v and 4 in v]
+
+
+def checks(runs, every, expect=(1, 2, 3, 4)):
     """[(name, passed, detail)]: the acceptance checks, for every mode and every expected N."""
     out = []
     ns = sorted({k[1] for k in runs} | set(expect))
     for mode in MODES:
         for n in ns:
-            r = ratio(runs, mode, n)
+            r = ratio(every, mode, n)
             name = "htex within %d%% of bare: %s N=%d" % (WITHIN * 100, MODE_NAME[mode], n)
             if r is None:
                 missing = [s for s in SYSTEMS if (mode, n, s) not in runs or failed(runs[(mode, n, s)])]
-                out.append((name, False, "no successful run of " + ", ".join(missing)))
+                out.append((name, False, ("no successful run of " + ", ".join(missing)) if missing
+                            else "no repeat with both systems"))
             else:
+                ps = pairs(every, mode, n)
                 out.append((name, abs(r - 1) <= WITHIN,
-                            "htex/bare total time %.3f (%+.1f%%)%s" % (r, (r - 1) * 100,
-                                                                    "; htex faster by more than 5%: check the runs" if r < 1 - WITHIN else "")))
+                            "htex/bare total time %.3f (%+.1f%%), mean of %d paired run(s): %s%s" % (
+                                r, (r - 1) * 100, len(ps),
+                                ", ".join("%.3f" % (h / b) for _, h, b in ps),
+                                "; htex faster by more than 5%: check the runs" if r < 1 - WITHIN else "")))
     for system in SYSTEMS:
-        one, four = runs.get(("mps", 1, system)), runs.get(("mps", 4, system))
         name = "MPS N=4 throughput >= %.1fx N=1 (%s)" % (MPS_GAIN, system)
-        if one is None or four is None or failed(one) or failed(four):
-            out.append((name, False, "MPS N=1 and N=4 not both measured"))
+        gains = mps_gains(every, system)
+        if not gains:
+            out.append((name, False, "MPS N=1 and N=4 not both measured in one repeat"))
         else:
-            g = four["throughput"] / one["throughput"]
-            out.append((name, g >= MPS_GAIN, "%.2fx (%.3f vs %.3f completions/s)" % (g, four["throughput"], one["throughput"])))
+            g = sum(x for _, x in gains) / len(gains)
+            out.append((name, g >= MPS_GAIN, "%.2fx, mean over %d repeat(s): %s" % (
+                g, len(gains), ", ".join("%.2fx" % x for _, x in gains))))
     return out
 
 
@@ -188,7 +222,7 @@ def per_slot(r):
     return " ".join(str(p[k]) for k in sorted(p, key=lambda k: (len(k), k)))
 
 
-def markdown(runs, every, bad, env, sources, plots, expect):
+def markdown(runs, every, bad, env, sources, plots, expect, notes=None):
     L = []
     L.append("# Paper experiment: LLaMa-2-7B inference, 1-4 instances on one GPU, time-sharing vs MPS")
     L.append("")
@@ -204,9 +238,23 @@ def markdown(runs, every, bad, env, sources, plots, expect):
             if env.get(key):
                 L.append("- %s: %s" % (key, "; ".join(env[key])))
         L.append("")
+    affinities = sorted({str(r.get("cpu_affinity", "none")).split("/")[0] for r in every if not failed(r)})
+    per_instance = sorted({len(c["cpus"]) for r in every if not failed(r)
+                           for c in (r.get("cold_starts") or []) if isinstance(c.get("cpus"), list)})
+    if per_instance:
+        affinities = [a + (" (CPUs per instance: %s)" % ", ".join(map(str, per_instance)) if a != "none" else "")
+                      for a in affinities]
+    steals = [r["cpu_steal_pct"] for r in every if isinstance(r.get("cpu_steal_pct"), (int, float))]
+    L.append("CPU affinity of the instances (same in both systems): %s%s." % (
+        "; ".join(affinities),
+        "; CPU time stolen by the hypervisor during a run: %.2f-%.2f %%" % (min(steals), max(steals)) if steals else ""))
+    L.append("")
     L.append("Results: %s (%d run record(s)%s)." % (", ".join(sources), len(every),
                                                     "; unreadable lines: " + ", ".join(bad) if bad else ""))
     L.append("")
+    if notes:
+        L.append(notes.rstrip())
+        L.append("")
     L.append("## Runs")
     L.append("")
     L.append("total = first completion handed out/submitted → last answer; throughput = completions / total; "
@@ -243,13 +291,15 @@ def markdown(runs, every, bad, env, sources, plots, expect):
     L.append("")
     L.append("## htex vs bare")
     L.append("")
-    L.append("htex / bare compares the time for all completions. Both systems run the same generate(), "
+    L.append("htex / bare compares the time for all completions, run by run: the two systems of one "
+             "repeat ran back to back on the same machine, and the ratio is the mean of these paired "
+             "ratios (runs without a partner are left out). Both systems run the same generate(), "
              "whose own time (exec) varies from run to run with the host; *overhead* = service - exec, "
              "per completion, is what each system adds around it (htex: worker, manager, interchange and "
              "client; bare: a pipe round trip).")
     L.append("")
-    L.append("| mode | N | htex total s | bare total s | htex / bare | exec mean htex / bare | overhead ms htex / bare |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("| mode | N | htex total s | bare total s | htex / bare | per pair | exec mean htex / bare | overhead ms htex / bare |")
+    L.append("|---|---|---|---|---|---|---|---|")
 
     def overhead(r):
         s_, e_ = r and stat(r, "service_s", "mean"), r and stat(r, "exec_s", "mean")
@@ -258,15 +308,16 @@ def markdown(runs, every, bad, env, sources, plots, expect):
     for mode in MODES:
         for n in sorted({k[1] for k in runs if k[0] == mode}):
             h, b = runs.get((mode, n, "htex")), runs.get((mode, n, "bare"))
-            r = ratio(runs, mode, n)
-            L.append("| %s | %d | %s | %s | %s | %s / %s | %s / %s |" % (
+            r = ratio(every, mode, n)
+            per_pair = ", ".join("%.3f" % (ph / pb) for _, ph, pb in pairs(every, mode, n)) or "-"
+            L.append("| %s | %d | %s | %s | %s | %s | %s / %s | %s / %s |" % (
                 MODE_NAME[mode], n, fmt(h and h.get("total_s"), 1), fmt(b and b.get("total_s"), 1),
-                "-" if r is None else "%.3f" % r, fmt(h and stat(h, "exec_s", "mean"), 3),
+                "-" if r is None else "%.3f" % r, per_pair, fmt(h and stat(h, "exec_s", "mean"), 3),
                 fmt(b and stat(b, "exec_s", "mean"), 3), fmt(overhead(h), 1), fmt(overhead(b), 1)))
     L.append("")
     L.append("## Acceptance checks")
     L.append("")
-    results = checks(runs, expect)
+    results = checks(runs, every, expect)
     for name, ok, detail in results:
         L.append("- **%s** %s: %s" % ("PASS" if ok else "FAIL", name, detail))
     if not results:
@@ -393,6 +444,8 @@ def main():
                     help="paper-env.txt files (default: the one beside each results file)")
     ap.add_argument("--md", default="docs/results/paper.md")
     ap.add_argument("--plots-dir", default=None, help="default: the Markdown file's directory")
+    ap.add_argument("--no-plots", action="store_true", help="write no plots")
+    ap.add_argument("--notes", help="a Markdown file whose text goes before the tables")
     ap.add_argument("--expect-slots", default="1,2,3,4",
                     help="instance counts every mode must have for the checks (default 1,2,3,4)")
     args = ap.parse_args()
@@ -402,12 +455,16 @@ def main():
     env = read_env(env_paths)
     md_dir = os.path.dirname(os.path.abspath(args.md))
     plot_dir = args.plots_dir or md_dir
-    made = plots(runs, plot_dir, "; ".join(env.get("device", [])))
+    made = [] if args.no_plots else plots(runs, plot_dir, "; ".join(env.get("device", [])))
     rel = os.path.relpath(plot_dir, md_dir)
     made = [(t, n if rel == "." else os.path.join(rel, n)) for t, n in made]
     sources = [os.path.relpath(p) for p in args.results]
     expect = [int(x) for x in args.expect_slots.split(",") if x.strip()]
-    text, ok = markdown(runs, every, bad, env, sources, made, expect)
+    notes = None
+    if args.notes:
+        with open(args.notes) as f:
+            notes = f.read()
+    text, ok = markdown(runs, every, bad, env, sources, made, expect, notes)
     os.makedirs(md_dir, exist_ok=True)
     with open(args.md, "w") as f:
         f.write(text)

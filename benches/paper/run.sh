@@ -7,6 +7,7 @@
 #
 # Selection (environment; split runs so that each call stays under the machine's time limit):
 #   MODES="timeshare mps"  SLOTS="1 2 3 4"  SYSTEMS="htex bare"  COMPLETIONS=100  REPEAT=1
+#   FIRST_REPEAT=1 (the number of the first repeat, to continue a series in another call)
 # REPEAT times (the order of the systems alternating), for each mode, for each N, for each
 # system, one run:
 #   htex: interchange + manager (--gpus 0,...,0 (N times) or --mps-split N) with the warm runner
@@ -18,7 +19,10 @@
 # Exit status: 0 every run succeeded, 1 some run failed, 2 could not start.
 # Tunables: HTEX, CLIENT, PYTHON, OUT, RUN_TIMEOUT_S (per run, default 480), REG_TIMEOUT_S,
 # WARMUP_TIMEOUT_S, STOP_TIMEOUT_S, RUNNER_START (eager|lazy; default: the manager's, eager),
-# MANAGER_EXTRA (more manager flags, e.g. `--inventory FILE --mps-control PROG` for a dry run).
+# MANAGER_EXTRA (more manager flags, e.g. `--inventory FILE --mps-control PROG` for a dry run),
+# AFFINITY (none|block: pin each instance to its own CPUs, the same way in both systems; default
+# none) and CORES_PER_SLOT (CPUs per instance with AFFINITY=block; default: an even split).
+# Each run also records cpu_steal_pct: the share of CPU time the hypervisor took (/proc/stat).
 
 set -uo pipefail
 
@@ -33,12 +37,17 @@ SLOTS=${SLOTS:-"1 2 3 4"}
 SYSTEMS=${SYSTEMS:-"htex bare"}
 COMPLETIONS=${COMPLETIONS:-100}
 REPEAT=${REPEAT:-1}
+FIRST_REPEAT=${FIRST_REPEAT:-1}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-480}
 REG_TIMEOUT_S=${REG_TIMEOUT_S:-60}
 WARMUP_TIMEOUT_S=${WARMUP_TIMEOUT_S:-300}
 STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-30}
 RUNNER_START=${RUNNER_START:-}
 MANAGER_EXTRA=${MANAGER_EXTRA:-}
+AFFINITY=${AFFINITY:-none}
+CORES_PER_SLOT=${CORES_PER_SLOT:-}
+AFFINITY_FLAGS=(--cpu-affinity "$AFFINITY")
+[[ -n "$CORES_PER_SLOT" ]] && AFFINITY_FLAGS+=(--cores-per-slot "$CORES_PER_SLOT")
 
 mkdir -p "$OUT"
 LOG=$OUT/paper.log
@@ -54,6 +63,8 @@ CHILD_PID=""
 RUN_DIR=""
 PRE_MPS_PIDS=""
 FAILED=0
+CURRENT_RUN=""
+rep=0
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
 
@@ -184,6 +195,10 @@ stop_all() {
 on_exit() {
     local rc=$?
     set +e
+    if [[ -n "$CURRENT_RUN" ]]; then
+        # A run cut short by a signal still gets its line.
+        echo "{\"label\": \"$CURRENT_RUN\", \"repeat\": $rep, \"error\": \"run.sh stopped (exit $rc) during the run\"}" >>"$JSONL"
+    fi
     stop_all
     if [[ -n "$PY" && -n "$(new_mps_pids 2>/dev/null)" ]]; then check_mps "exit"; fi
     rm -rf "$WORK"
@@ -208,7 +223,7 @@ for p in pairs:
     k, _, v = p.partition("=")
     if k == "mps_leftover":
         d[k] = v.split() if v else []
-    elif k in ("run_wall_s", "client_exit", "repeat", "slots", "completions"):
+    elif k in ("run_wall_s", "client_exit", "repeat", "slots", "completions", "cpu_steal_pct"):
         d.setdefault(k, float(v) if "." in v else int(v))
     else:
         d.setdefault(k, v)
@@ -216,13 +231,19 @@ print(json.dumps(d))
 EOF
 }
 
+# "steal total" jiffies of all CPUs so far (/proc/stat).
+cpu_jiffies() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t}' /proc/stat; }
+
+# Percent of CPU time stolen by the hypervisor between two cpu_jiffies readings.
+steal_pct() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.2f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0)}'; }
+
 # The last line of a file that is a JSON object (empty when none).
 last_json() { grep -E '^\{' "$1" 2>/dev/null | tail -n1; }
 
 gpu_mem() { timeout 20 nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null | head -n1; }
 
 # ---------------------------------------------------------------------------------------------
-log "paper: MODES='$MODES' SLOTS='$SLOTS' SYSTEMS='$SYSTEMS' COMPLETIONS=$COMPLETIONS REPEAT=$REPEAT OUT=$OUT"
+log "paper: MODES='$MODES' SLOTS='$SLOTS' SYSTEMS='$SYSTEMS' COMPLETIONS=$COMPLETIONS REPEAT=$REPEAT AFFINITY=$AFFINITY CORES_PER_SLOT=$CORES_PER_SLOT OUT=$OUT"
 if [[ -z "$PY" ]]; then log "FATAL: no python3"; exit 2; fi
 # The interpreter itself, not a wrapper script (signals must reach it).
 PY=$("$PY" -c 'import sys; print(sys.executable)' 2>/dev/null || echo "$PY")
@@ -241,7 +262,7 @@ done
     echo "=== $(date -Is) ==="
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host: $(hostname)"
-    echo "selection: MODES='$MODES' SLOTS='$SLOTS' SYSTEMS='$SYSTEMS' COMPLETIONS=$COMPLETIONS REPEAT=$REPEAT"
+    echo "selection: MODES='$MODES' SLOTS='$SLOTS' SYSTEMS='$SYSTEMS' COMPLETIONS=$COMPLETIONS REPEAT=$REPEAT AFFINITY=$AFFINITY CORES_PER_SLOT=$CORES_PER_SLOT"
     q=$(timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,uuid,compute_mode,mig.mode.current --format=csv,noheader 2>&1 | head -n1)
     echo "device: $(cut -d, -f1 <<<"$q" | xargs)"
     echo "driver: $(cut -d, -f2 <<<"$q" | xargs)"
@@ -302,7 +323,7 @@ run_htex() {
     log "$label: interchange $endpoint (pid $IC_PID); manager ${slotflags[*]}"
     PYTHONPATH="$REPO/python:$REPO${PYTHONPATH:+:$PYTHONPATH}" NO_COLOR=1 \
         "$HTEX" manager --port "$mport" --interchange 127.0.0.1 --manager-id paper \
-        --runner "llama=$PY -m htex_runner benches.paper.llama_runner" "${startflags[@]}" \
+        --runner "llama=$PY -m htex_runner benches.paper.llama_runner" "${startflags[@]}" "${AFFINITY_FLAGS[@]}" \
         "${slotflags[@]}" >"$dir/manager.log" 2>&1 &
     MGR_PID=$!
     # In the background so that the traps run at once; stderr (progress) straight into the log.
@@ -329,7 +350,7 @@ run_bare() {
     local mode=$1 n=$2 label="bare-$1-$2" t0=$SECONDS dir=$WORK/bare-$1-$2
     mkdir -p "$dir"
     log "$label: bare.py --slots $n --mode $mode"
-    timeout --kill-after=10 "$RUN_TIMEOUT_S" "$PY" "$REPO/benches/paper/bare.py" --slots "$n" --mode "$mode" \
+    timeout --kill-after=10 "$RUN_TIMEOUT_S" "$PY" "$REPO/benches/paper/bare.py" --slots "$n" --mode "$mode" "${AFFINITY_FLAGS[@]}" \
         --completions "$COMPLETIONS" --label "$label" --ready-timeout "$WARMUP_TIMEOUT_S" \
         --run-timeout "$RUN_TIMEOUT_S" >"$dir/out" 2>>"$LOG" &
     CHILD_PID=$!
@@ -348,7 +369,7 @@ run_bare() {
 # Repeats alternate the order of the systems (htex bare, bare htex, ...) so that a drift of the
 # machine does not favour one of them.
 REVERSED=$(printf '%s\n' $SYSTEMS | tac | tr '\n' ' ')
-for ((rep = 1; rep <= REPEAT; rep++)); do
+for ((rep = FIRST_REPEAT; rep < FIRST_REPEAT + REPEAT; rep++)); do
 for mode in $MODES; do
     case $mode in timeshare | mps) ;; *) log "unknown mode '$mode' (timeshare, mps)"; FAILED=1; continue ;; esac
     for n in $SLOTS; do
@@ -357,14 +378,18 @@ for mode in $MODES; do
         for system in $order; do
             RUN_LINE=""
             ok=0
+            jiffies_before=$(cpu_jiffies)
+            CURRENT_RUN=$system-$mode-$n
             case $system in
                 htex) run_htex "$mode" "$n" || ok=$? ;;
                 bare) run_bare "$mode" "$n" || ok=$? ;;
                 *) log "unknown system '$system' (htex, bare)"; FAILED=1; continue ;;
             esac
             RUN_LINE=$(add_fields "${RUN_LINE:-{\}}" "label=$system-$mode-$n" "system=$system" "mode=$mode" \
-                "slots=$n" "completions=$COMPLETIONS" "repeat=$rep")
+                "slots=$n" "completions=$COMPLETIONS" "repeat=$rep" "cpu_affinity=$AFFINITY${CORES_PER_SLOT:+/$CORES_PER_SLOT}" \
+                "cpu_steal_pct=$(steal_pct "$jiffies_before" "$(cpu_jiffies)")")
             echo "$RUN_LINE" >>"$JSONL"
+            CURRENT_RUN=""
             summary=$("$PY" -c '
 import json, sys
 d = json.loads(sys.argv[1])

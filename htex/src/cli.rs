@@ -347,6 +347,12 @@ pub(crate) fn describe_slot(slot: &htex_protocol::SlotDescriptor) -> String {
     if let Some(bytes) = slot.memory_bytes {
         line += &format!(" {:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
     }
+    if !slot.cpus.is_empty() {
+        line += &format!(
+            " cpus {}",
+            htex_manager::affinity::format_cpu_list(&slot.cpus)
+        );
+    }
     line
 }
 

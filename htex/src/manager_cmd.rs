@@ -87,6 +87,13 @@ pub struct ManagerArgs {
     /// (0: exit at once; default 60).
     #[arg(long)]
     reconnect_timeout: Option<f64>,
+    /// Pin each slot's worker to CPUs: `none`, `block`, `block-reverse`, `alternating`, or
+    /// `list:0,1:2-3` (one entry per slot), as Parsl's `cpu_affinity`.
+    #[arg(long)]
+    cpu_affinity: Option<String>,
+    /// CPUs per slot for block, block-reverse and alternating (default: all CPUs split evenly).
+    #[arg(long)]
+    cores_per_slot: Option<usize>,
     /// Answer tasks without running them (benchmarks the dispatch core; no workers start).
     #[arg(long)]
     zero_worker: bool,
@@ -118,6 +125,8 @@ struct ManagerFile {
     runner_start: Option<RunnerStart>,
     reconnect_timeout: Option<f64>,
     drain_timeout: Option<f64>,
+    cpu_affinity: Option<String>,
+    cores_per_slot: Option<usize>,
     /// Runner name → command line.
     #[serde(default)]
     runners: BTreeMap<String, Vec<String>>,
@@ -254,6 +263,11 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     if let Some(value) = args.drain_timeout.or(file.drain_timeout) {
         config.drain_timeout = seconds("drain-timeout", value)?;
     }
+    if let Some(affinity) = args.cpu_affinity.clone().or(file.cpu_affinity) {
+        config.cpu_affinity = affinity.parse()?;
+    }
+    config.cores_per_slot = args.cores_per_slot.or(file.cores_per_slot);
+    config.assign_cpus()?;
     let eager = args.runner_start.or(file.runner_start).unwrap_or_default() == RunnerStart::Eager;
     let mut runners = file.runners;
     for entry in &args.runner {

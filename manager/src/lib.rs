@@ -4,6 +4,7 @@
 //! worker is restarted.
 
 mod actor;
+pub mod affinity;
 pub mod inventory;
 mod link;
 pub mod mps;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use affinity::CpuAffinity;
 pub use slot_env::MemLimitKey;
 pub use slots::{cpu_slots, plan, PlannedSlot, SlotPlanError, SlotSpec};
 
@@ -54,9 +56,32 @@ pub struct ManagerConfig {
     /// Answer every task at once without running it (no workers are started), to measure the
     /// dispatch core alone, as HyperQueue's zero-worker mode does.
     pub zero_worker: bool,
+    /// How slots are pinned to this node's CPUs (see [`affinity`]).
+    pub cpu_affinity: CpuAffinity,
+    /// CPUs per slot for `block`, `block-reverse` and `alternating` (default: as many as divide
+    /// evenly).
+    pub cores_per_slot: Option<usize>,
 }
 
 impl ManagerConfig {
+    /// Works out each slot's CPUs from `cpu_affinity` and this process's affinity mask (again
+    /// on every call; [`Manager::start`] calls it).
+    pub fn assign_cpus(&mut self) -> Result<(), affinity::AffinityError> {
+        let cpus = match self.cpu_affinity {
+            CpuAffinity::None => vec![Vec::new(); self.slots.len()],
+            _ => affinity::assign(
+                &self.cpu_affinity,
+                &affinity::available_cpus()?,
+                self.slots.len(),
+                self.cores_per_slot,
+            )?,
+        };
+        for (slot, cpus) in self.slots.iter_mut().zip(cpus) {
+            slot.descriptor.cpus = cpus;
+        }
+        Ok(())
+    }
+
     /// A config with `workers` CPU slots, the stock worker of this executable, and defaults for
     /// everything else.
     pub fn new(interchange: impl Into<String>, workers: usize) -> Self {
@@ -79,6 +104,8 @@ impl ManagerConfig {
             zero_worker: false,
             drain_timeout: Duration::from_secs(20),
             runners: Default::default(),
+            cpu_affinity: CpuAffinity::None,
+            cores_per_slot: None,
         }
     }
 }
@@ -97,6 +124,8 @@ pub enum ManagerError {
     NoWorkerCommand,
     #[error(transparent)]
     Mps(#[from] mps::MpsError),
+    #[error(transparent)]
+    Affinity(#[from] affinity::AffinityError),
 }
 
 /// What a manager owns on its node besides worker processes: MPS daemons and each slot's env.
@@ -167,13 +196,14 @@ pub struct Manager {
 
 impl Manager {
     /// Connects, registers and starts the workers. Returns once the interchange accepted it.
-    pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
+    pub async fn start(mut config: ManagerConfig) -> Result<Manager, ManagerError> {
         if config.slots.is_empty() {
             return Err(ManagerError::NoSlots);
         }
         if config.worker_command.is_empty() {
             return Err(ManagerError::NoWorkerCommand);
         }
+        config.assign_cpus()?;
         let resources = NodeResources::prepare(&config)?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (link, heartbeat) = link::connect(&config, events_tx.clone(), 0).await?;

@@ -101,5 +101,10 @@ pub fn slot_env(
             set(k, v);
         }
     }
+    if !d.cpus.is_empty() {
+        // As Parsl does for pinned workers: OpenMP-style pools size themselves to the slot.
+        set("HTEX_SLOT_CPUS", crate::affinity::format_cpu_list(&d.cpus));
+        set("OMP_NUM_THREADS", d.cpus.len().to_string());
+    }
     env
 }

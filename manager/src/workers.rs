@@ -43,6 +43,17 @@ impl WorkerProcess {
             // Its own process group, so a kill reaches the commands it started too.
             .process_group(0)
             .kill_on_drop(true);
+        let cpus = config
+            .slots
+            .get(slot_index)
+            .map(|s| s.descriptor.cpus.clone())
+            .unwrap_or_default();
+        if !cpus.is_empty() {
+            // SAFETY: pin_current_process makes one system call on stack data (async-signal-safe).
+            unsafe {
+                command.pre_exec(move || crate::affinity::pin_current_process(&cpus));
+            }
+        }
         let mut child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
         let stdin = child.stdin.take().expect("piped");

@@ -34,6 +34,9 @@ pub struct SlotDescriptor {
     pub mig_profile: Option<String>,
     /// Streaming multiprocessors the slot can use.
     pub sm_count: Option<u32>,
+    /// CPUs the slot's worker is confined to (empty: not pinned).
+    #[serde(default)]
+    pub cpus: Vec<u32>,
 }
 
 impl SlotDescriptor {
@@ -48,6 +51,7 @@ impl SlotDescriptor {
             memory_bytes: None,
             mig_profile: None,
             sm_count: None,
+            cpus: Vec::new(),
         }
     }
 

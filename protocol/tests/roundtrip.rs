@@ -47,10 +47,11 @@ prop_compose! {
         index in any::<u32>(), kind in slot_kind(), gpu_uuid in maybe(text()),
         gpu_index in maybe(any::<u32>()), mps_percentage in maybe(any::<u8>()),
         memory_bytes in maybe(any::<u64>()), mig_profile in maybe(text()),
-        sm_count in maybe(any::<u32>()),
+        sm_count in maybe(any::<u32>()), cpus in vec(any::<u32>(), 0..4),
     ) -> SlotDescriptor {
         SlotDescriptor {
             index, kind, gpu_uuid, gpu_index, mps_percentage, memory_bytes, mig_profile, sm_count,
+            cpus,
         }
     }
 }
