@@ -213,17 +213,19 @@ async fn drive(client: &Client, args: &BenchArgs) -> (Duration, Vec<u64>, usize)
     let mut submitted = 0;
     let mut failures = 0;
     while latencies.len() < args.tasks {
-        while submitted < args.tasks && in_flight.len() < args.window {
-            let n = args
-                .batch
-                .min(args.tasks - submitted)
-                .min(args.window - in_flight.len());
+        // Refill a whole batch at a time (or whatever is left, or when nothing is in flight),
+        // then let the client's sender run: on a one-thread runtime it shares this thread.
+        let room = args.window - in_flight.len();
+        let left = args.tasks - submitted;
+        if left > 0 && (room >= args.batch.min(left) || in_flight.is_empty()) {
+            let n = args.batch.min(left).min(room);
             for _ in 0..n {
                 let handle = client.submit(make_task(args));
                 let at = Instant::now();
                 in_flight.push(async move { (handle.await, at) });
             }
             submitted += n;
+            tokio::task::yield_now().await;
         }
         let Some((result, at)) = in_flight.next().await else {
             break;

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use htex_protocol::{
-    now_us, ClientHello, ClientReply, ClientRequest, Command, CommandReply, InterchangeMessage,
-    ManagerMessage, ManagerState, Registration, StatusReport, TaskError, TaskKind, TaskResult,
-    TaskSpec, PROTOCOL_VERSION,
+    now_us, ClientHello, ClientReply, ClientRequest, Command, CommandReply, EncodedTask,
+    InterchangeMessage, ManagerMessage, ManagerState, Registration, StatusReport, TaskError,
+    TaskKind, TaskResult, TaskSpec, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 
@@ -33,31 +33,43 @@ const EVENT_BURST: usize = 4096;
 /// Most tasks set aside in one dispatch round because only busy managers could run them.
 const MAX_DEFERRED: usize = 1024;
 
+/// Messages from the sockets that may wait for the actor; beyond this the sockets stop reading.
+pub(crate) const INCOMING_QUEUE: usize = 64;
+
 pub(crate) async fn run(
     config: InterchangeConfig,
     clients: Router,
     managers: Router,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut net: mpsc::Receiver<Event>,
+    mut control: mpsc::UnboundedReceiver<Event>,
 ) {
     let mut state = State::new(config, clients, managers);
     let mut tick = tokio::time::interval(state.config.heartbeat_period);
+    let (mut net_open, mut control_open) = (true, true);
     loop {
         let event = tokio::select! {
-            event = events.recv() => event,
+            event = net.recv(), if net_open => event.or_else(|| { net_open = false; None }),
+            event = control.recv(), if control_open => event.or_else(|| { control_open = false; None }),
             _ = tick.tick() => {
                 state.on_tick().await;
                 state.flush_results().await;
                 continue;
             }
         };
-        let Some(mut event) = event else { break };
+        let Some(mut event) = event else {
+            if net_open || control_open {
+                continue;
+            }
+            break;
+        };
         let mut handled = 0;
         let stop = loop {
             if state.handle(event).await == Flow::Stop {
                 break true;
             }
             handled += 1;
-            match events.try_recv() {
+            let next = control.try_recv().or_else(|_| net.try_recv());
+            match next {
                 Ok(next) if handled < EVENT_BURST => event = next,
                 Ok(next) => {
                     state.dispatch().await;
@@ -258,11 +270,25 @@ impl State {
         client.tasks.insert(spec.id, gid);
         let client_task_id = spec.id;
         spec.id = gid;
+        let task = match EncodedTask::encode(&spec) {
+            Ok(task) => task,
+            Err(e) => {
+                client.tasks.remove(&client_task_id);
+                let message = format!("cannot encode the task: {e}");
+                let result = TaskResult::error(client_task_id, TaskError::BadRequest { message });
+                self.outbox.entry(peer.clone()).or_default().push(result);
+                return;
+            }
+        };
         self.queue.push(spec.priority, gid);
         let record = TaskRecord {
             client: peer.clone(),
             client_task_id,
-            spec,
+            task,
+            resources: (!spec.resources.is_any()).then(|| Box::new(spec.resources)),
+            priority: spec.priority,
+            max_retries: spec.max_retries,
+            submitted_us: spec.submitted_us,
             state: TaskState::Queued,
             received_us,
             dispatched_us: 0,
@@ -452,7 +478,7 @@ impl State {
         for gid in std::mem::take(&mut self.parked) {
             if let Some(record) = self.tasks.get_mut(&gid) {
                 record.state = TaskState::Queued;
-                self.queue.push(record.spec.priority, gid);
+                self.queue.push(record.priority, gid);
             }
         }
     }
@@ -471,9 +497,9 @@ impl State {
             if task.state != (TaskState::Dispatched { manager: key }) {
                 continue;
             }
-            manager.release(gid, &task.spec.resources);
+            manager.release(gid, task.resources());
             task.state = TaskState::Queued;
-            self.queue.push(task.spec.priority, gid);
+            self.queue.push(task.priority, gid);
         }
     }
 
@@ -488,13 +514,13 @@ impl State {
         }
         let record = self.tasks.remove(&gid).expect("checked above");
         if let Some(m) = self.managers.get_mut(&manager) {
-            m.release(gid, &record.spec.resources);
+            m.release(gid, record.resources());
         }
         if let Some(client) = self.clients.get_mut(&record.client) {
             client.tasks.remove(&record.client_task_id);
         }
         result.id = record.client_task_id;
-        result.timings.submitted_us = record.spec.submitted_us;
+        result.timings.submitted_us = record.submitted_us;
         result.timings.received_us = record.received_us;
         result.timings.dispatched_us = record.dispatched_us;
         result.attempts = record.losses + 1;
@@ -510,7 +536,7 @@ impl State {
             client.tasks.remove(&record.client_task_id);
         }
         let mut result = TaskResult::error(record.client_task_id, error);
-        result.timings.submitted_us = record.spec.submitted_us;
+        result.timings.submitted_us = record.submitted_us;
         result.timings.received_us = record.received_us;
         result.attempts = record.losses;
         self.outbox.entry(record.client).or_default().push(result);
@@ -533,7 +559,7 @@ impl State {
                 continue;
             };
             task.losses += 1;
-            if task.losses > task.spec.max_retries {
+            if task.losses > task.max_retries {
                 self.finish(
                     gid,
                     TaskError::ManagerLost {
@@ -542,7 +568,7 @@ impl State {
                 );
             } else {
                 task.state = TaskState::Queued;
-                self.queue.push(task.spec.priority, gid);
+                self.queue.push(task.priority, gid);
             }
         }
     }
@@ -561,7 +587,7 @@ impl State {
         if total_free == 0 {
             return;
         }
-        let mut batches: Vec<Vec<TaskSpec>> = vec![Vec::new(); keys.len()];
+        let mut batches: Vec<Vec<EncodedTask>> = vec![Vec::new(); keys.len()];
         let mut deferred = Vec::new();
         let now = now_us();
         while total_free > 0 && deferred.len() < MAX_DEFERRED {
@@ -573,7 +599,7 @@ impl State {
                 continue;
             }
             let n = keys.len();
-            let request = &task.spec.resources;
+            let request = task.resources();
             let chosen = (0..n).map(|i| (self.cursor + i) % n).find(|&i| {
                 let m = &self.managers[&keys[i]];
                 free[i] > 0 && m.could_run(request) && m.has_room_for(request)
@@ -585,9 +611,9 @@ impl State {
                     self.cursor = (i + 1) % n;
                     task.state = TaskState::Dispatched { manager: keys[i] };
                     task.dispatched_us = now;
-                    batches[i].push(task.spec.clone());
+                    batches[i].push(task.task.clone());
                     if let Some(m) = self.managers.get_mut(&keys[i]) {
-                        m.take(gid, &task.spec.resources);
+                        m.take(gid, task.resources());
                     }
                 }
                 None if self.managers.values().any(|m| m.could_run(request)) => deferred.push(gid),
@@ -601,7 +627,7 @@ impl State {
         }
         for gid in deferred {
             if let Some(task) = self.tasks.get(&gid) {
-                self.queue.push(task.spec.priority, gid);
+                self.queue.push(task.priority, gid);
             }
         }
         for (key, batch) in keys.iter().zip(batches) {
@@ -645,7 +671,7 @@ impl State {
                 TaskState::Parked { since } if now.duration_since(since) > grace => {
                     let reason = format!(
                         "{:?} fits no slot of the {} connected manager(s) after waiting {grace:?}",
-                        task.spec.resources,
+                        task.resources(),
                         self.managers.len()
                     );
                     self.finish(gid, TaskError::Unsatisfiable { reason });

@@ -85,10 +85,12 @@ impl Interchange {
     /// Binds both ports and starts serving.
     pub async fn start(config: InterchangeConfig) -> Result<Interchange, InterchangeError> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let clients =
-            sockets::bind("client", &config.client_bind, events_tx.clone(), &config).await?;
-        let managers =
-            sockets::bind("manager", &config.manager_bind, events_tx.clone(), &config).await?;
+        // Messages from the network go through a short bounded queue: when the actor falls
+        // behind, the sockets stop reading and TCP pushes back on the senders, instead of
+        // decoded batches piling up in memory.
+        let (net_tx, net_rx) = mpsc::channel(actor::INCOMING_QUEUE);
+        let clients = sockets::bind("client", &config.client_bind, net_tx.clone(), &config).await?;
+        let managers = sockets::bind("manager", &config.manager_bind, net_tx, &config).await?;
         let client_endpoint = clients.endpoint.clone();
         let manager_endpoint = managers.endpoint.clone();
         if let Some(path) = &config.addresses_file {
@@ -101,7 +103,7 @@ impl Interchange {
             })?;
         }
         tracing::info!(%client_endpoint, %manager_endpoint, "interchange listening");
-        let task = tokio::spawn(actor::run(config, clients, managers, events_rx));
+        let task = tokio::spawn(actor::run(config, clients, managers, net_rx, events_rx));
         Ok(Interchange {
             client_endpoint,
             manager_endpoint,

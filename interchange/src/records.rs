@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use bytes::Bytes;
-use htex_protocol::{ManagerState, ManagerStatus, Registration, ResourceRequest, TaskId, TaskSpec};
+use htex_protocol::{
+    EncodedTask, ManagerState, ManagerStatus, Registration, ResourceRequest, TaskId,
+};
 
 use crate::queue::GlobalId;
 
@@ -19,17 +21,40 @@ pub(crate) enum TaskState {
     Dispatched { manager: u64 },
 }
 
-/// An accepted task that has not been answered yet.
+/// An accepted task that has not been answered yet. The spec is kept encoded, as managers get
+/// it; only what scheduling reads is kept decoded beside it.
 pub(crate) struct TaskRecord {
     pub client: Bytes,
     pub client_task_id: TaskId,
-    /// The spec as the managers see it: `id` is the global id.
-    pub spec: TaskSpec,
+    /// The spec as the managers see it (`id` is the global id), encoded.
+    pub task: EncodedTask,
+    /// What it needs of a slot; `None` for the common "anything".
+    pub resources: Option<Box<ResourceRequest>>,
+    pub priority: i32,
+    pub max_retries: u32,
+    pub submitted_us: u64,
     pub state: TaskState,
     pub received_us: u64,
     pub dispatched_us: u64,
     /// How many managers were lost while holding the task.
     pub losses: u32,
+}
+
+/// The request of a task that asks for nothing.
+const ANY: ResourceRequest = ResourceRequest {
+    gpu: false,
+    whole_gpu: false,
+    min_mps_percentage: None,
+    min_sm_count: None,
+    min_gpu_memory_bytes: None,
+    mig_profile: None,
+    cpu_only: false,
+};
+
+impl TaskRecord {
+    pub fn resources(&self) -> &ResourceRequest {
+        self.resources.as_deref().unwrap_or(&ANY)
+    }
 }
 
 /// A connected manager.

@@ -40,7 +40,7 @@ impl Router {
 pub(crate) async fn bind(
     what: &'static str,
     endpoint: &str,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     config: &InterchangeConfig,
 ) -> Result<Router, InterchangeError> {
     let mut options = SocketOptions::default();
@@ -81,7 +81,7 @@ pub(crate) async fn bind(
                 "client" => Event::Client(peer, decode_incoming::<ClientRequest>(incoming, limit)),
                 _ => Event::Manager(peer, decode_incoming::<ManagerMessage>(incoming, limit)),
             };
-            if events.send(event).is_err() {
+            if events.send(event).await.is_err() {
                 break;
             }
         }

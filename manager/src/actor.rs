@@ -285,7 +285,21 @@ impl State {
 
     fn on_interchange(&mut self, message: InterchangeMessage) -> Option<Result<(), ManagerError>> {
         match message {
-            InterchangeMessage::Tasks(tasks) if self.config.zero_worker => {
+            InterchangeMessage::Tasks(encoded) => {
+                let limit = self.config.max_frame_bytes;
+                let tasks = encoded.iter().filter_map(|t| match t.decode(limit) {
+                    Ok(spec) => Some(spec),
+                    Err(e) => {
+                        // Only the interchange encodes these; one that does not decode is a bug
+                        // there, and the task has no id to answer.
+                        tracing::error!("dropping a task the interchange sent undecodable: {e}");
+                        None
+                    }
+                });
+                if !self.config.zero_worker {
+                    self.pending.extend(tasks);
+                    return None;
+                }
                 let now = htex_protocol::now_us();
                 self.outbox.extend(tasks.into_iter().map(|t| TaskResult {
                     id: t.id,
@@ -299,7 +313,6 @@ impl State {
                     attempts: 1,
                 }));
             }
-            InterchangeMessage::Tasks(tasks) => self.pending.extend(tasks),
             InterchangeMessage::Cancel(ids) => ids.into_iter().for_each(|id| self.cancel(id)),
             InterchangeMessage::Drain => self.start_draining(),
             InterchangeMessage::Shutdown => {

@@ -21,7 +21,7 @@ pub use slot::{ResourceRequest, RunnerSpec, SlotDescriptor, SlotKind, SlotRef};
 pub use task::*;
 
 /// Version of the wire protocol. Peers with another version are refused at hello/registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Microseconds since the Unix epoch, the time unit of every timestamp on the wire.
 pub fn now_us() -> u64 {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::slot::SlotDescriptor;
-use crate::task::{TaskId, TaskResult, TaskSpec};
+use crate::task::{EncodedTask, TaskId, TaskResult, TaskSpec};
 
 /// The first message a client sends; it must name the protocol version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,8 +161,8 @@ pub enum InterchangeMessage {
     Refused {
         reason: String,
     },
-    /// A batch of tasks, ids in the interchange's numbering.
-    Tasks(Vec<TaskSpec>),
+    /// A batch of tasks, ids in the interchange's numbering, each encoded on its own.
+    Tasks(Vec<EncodedTask>),
     Cancel(Vec<TaskId>),
     Drain,
     Shutdown,

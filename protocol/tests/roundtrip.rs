@@ -271,7 +271,12 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
             }
         }),
         text().prop_map(|reason| InterchangeMessage::Refused { reason }),
-        vec(task_spec(), 0..3).prop_map(InterchangeMessage::Tasks),
+        vec(task_spec(), 0..3).prop_map(|specs| InterchangeMessage::Tasks(
+            specs
+                .iter()
+                .map(|s| EncodedTask::encode(s).unwrap())
+                .collect()
+        )),
         vec(any::<u64>(), 0..8).prop_map(InterchangeMessage::Cancel),
         Just(InterchangeMessage::Drain),
         Just(InterchangeMessage::Shutdown),
@@ -334,6 +339,19 @@ roundtrip_props! {
 }
 
 proptest! {
+    #[test]
+    fn encoded_tasks_carry_their_spec_through_a_batch(specs in vec(task_spec(), 0..4)) {
+        let batch = InterchangeMessage::Tasks(
+            specs.iter().map(|s| EncodedTask::encode(s).unwrap()).collect(),
+        );
+        let InterchangeMessage::Tasks(back) = roundtrip(&batch) else {
+            panic!("not a task batch");
+        };
+        let decoded: Vec<TaskSpec> =
+            back.iter().map(|t| t.decode(DEFAULT_MAX_FRAME_BYTES).unwrap()).collect();
+        prop_assert_eq!(decoded, specs);
+    }
+
     #[test]
     fn random_bytes_decode_without_panicking(frame in vec(any::<u8>(), 0..256)) {
         let _ = decode::<ClientRequest>(&frame, DEFAULT_MAX_FRAME_BYTES);
