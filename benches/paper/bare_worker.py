@@ -42,7 +42,6 @@ def main():
         traceback.print_exc()
         send({"event": "failed", "slot": slot, "pid": os.getpid(), "error": "%s: %s" % (type(e).__name__, e)})
         return 3
-    facts = llm.facts()
     send({
         "event": "ready",
         "slot": slot,
@@ -51,13 +50,7 @@ def main():
         "ready_at_us": ready,
         "cold_start_s": round((ready - spawned) / 1e6, 3) if spawned else None,
         "cold_start_source": "driver spawn time" if os.environ.get("BARE_SPAWNED_AT_US") else "/proc",
-        "sm_count": facts["sm_count"],
-        "mps_percentage": facts["mps_percentage"],
-        "import_s": facts["import_s"],
-        "build_s": facts["build_s"],
-        "memory_bytes": facts["memory_bytes"],
-        "cpus": facts["cpus"],
-        "torch_threads": facts["torch_threads"],
+        **llm.reported_facts(),
         "warm_generate_s": round(warm, 3),
         "warm_tokens": tokens,
     })

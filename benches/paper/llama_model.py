@@ -96,6 +96,11 @@ class Llama:
         torch.cuda.synchronize()
         return int(out.shape[1] - self.input_ids.shape[1])
 
+    def reported_facts(self):
+        """The facts each instance reports with its cold start (htex runner and bare alike)."""
+        facts = self.facts()
+        return {key: facts[key] for key in REPORTED}
+
     def facts(self):
         """What this process got: SMs, MPS percentage, build times, memory."""
         return {
@@ -111,6 +116,9 @@ class Llama:
             "cpus": sorted(os.sched_getaffinity(0)),
             "torch_threads": self.torch.get_num_threads(),
         }
+
+
+REPORTED = ("sm_count", "mps_percentage", "import_s", "build_s", "memory_bytes", "cpus", "torch_threads")
 
 
 def _int_env(name):

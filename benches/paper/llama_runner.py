@@ -122,7 +122,6 @@ def warmup(barrier_dir, n, timeout_s=600.0):
         source = "/proc (htex_runner.context missing)"
     ready = ctx.get("ready_at_us") or _STATE.get("setup_done_us")
     cold = (ready - spawned) / 1e6 if spawned and ready else None
-    facts = llm.facts()
     return {
         "slot": _slot(ctx),
         "pid": pid,
@@ -131,13 +130,7 @@ def warmup(barrier_dir, n, timeout_s=600.0):
         "cold_start_s": None if cold is None else round(cold, 3),
         "setup_s": ctx.get("setup_s"),
         "cold_start_source": source,
-        "sm_count": facts["sm_count"],
-        "mps_percentage": facts["mps_percentage"],
-        "import_s": facts["import_s"],
-        "build_s": facts["build_s"],
-        "memory_bytes": facts["memory_bytes"],
-        "cpus": facts["cpus"],
-        "torch_threads": facts["torch_threads"],
+        **llm.reported_facts(),
         "warm_generate_s": round(warm_generate_s, 3),
         "warm_tokens": tokens,
         "barrier_wait_s": round(barrier_wait_s, 3),
