@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use htex_client::{Client, ClientConfig, Task};
+use htex_protocol::Command as ClusterCommand;
 use serde_json::json;
 
 #[derive(Args, Debug)]
@@ -31,7 +32,7 @@ pub struct BenchArgs {
     /// Worker processes per manager.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Tasks each manager holds beyond one per worker (default: 64 per worker).
+    /// Tasks each manager holds beyond one per worker (default: 512 per worker).
     #[arg(long)]
     prefetch: Option<usize>,
     /// Tasks submitted per client call before awaiting results.
@@ -43,6 +44,10 @@ pub struct BenchArgs {
     /// Managers answer without running tasks: measures the dispatch core alone.
     #[arg(long)]
     zero_worker: bool,
+    /// Hold the managers, submit every task, wait until the interchange has queued them all and
+    /// report its memory then (`queued`), then release the managers and time the rest.
+    #[arg(long)]
+    queue_first: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -66,15 +71,25 @@ impl Drop for Service {
 }
 
 impl Service {
+    /// A `/proc/PID/status` memory field (`VmHWM`, `VmRSS`) in MB, to 0.1.
+    fn memory_mb(&self, field: &str) -> f64 {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        (kb / 1024.0 * 10.0).round() / 10.0
+    }
+
+    fn rss_now_mb(&self) -> f64 {
+        self.memory_mb("VmRSS")
+    }
+
     /// Peak resident memory (MB) and CPU seconds so far, from /proc.
     fn usage(&self) -> serde_json::Value {
         let pid = self.child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let peak_kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Fields after the command name (which may hold spaces) start at state; utime and
         // stime are fields 14 and 15 of the whole line.
@@ -86,7 +101,7 @@ impl Service {
             .sum();
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        json!({"name": self.name, "peak_rss_mb": (peak_kb / 1024.0 * 10.0).round() / 10.0,
+        json!({"name": self.name, "peak_rss_mb": self.memory_mb("VmHWM"),
                "cpu_s": (ticks / hz * 100.0).round() / 100.0})
     }
 }
@@ -130,7 +145,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .unwrap_or("")
         .to_string();
     let client_endpoint = endpoints["client"].as_str().unwrap_or("").to_string();
-    let prefetch = args.prefetch.unwrap_or(64 * args.workers);
+    let prefetch = args
+        .prefetch
+        .unwrap_or(DEFAULT_PREFETCH_PER_WORKER * args.workers);
     let mut managers = Vec::new();
     for i in 0..args.managers {
         let mut margs: Vec<String> = [
@@ -166,7 +183,13 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .collect();
     futures::future::join_all(warmup).await;
 
-    let (wall, mut latencies, failures) = drive(&client, &args).await;
+    let (wall, mut latencies, failures, queued) = if args.queue_first {
+        let (wall, latencies, failures, queued) = queue_first(&client, &args, &interchange).await?;
+        (wall, latencies, failures, Some(queued))
+    } else {
+        let (wall, latencies, failures) = drive(&client, &args).await;
+        (wall, latencies, failures, None)
+    };
     latencies.sort_unstable();
     let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     let report = json!({
@@ -178,6 +201,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "batch": args.batch,
         "window": args.window,
         "zero_worker": args.zero_worker,
+        "queue_first": args.queue_first,
+        "queued": queued,
         "failures": failures,
         "wall_s": (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         "tasks_per_s": (args.tasks as f64 / wall.as_secs_f64()).round(),
@@ -205,6 +230,11 @@ fn make_task(args: &BenchArgs) -> Task {
     }
 }
 
+/// Without `--prefetch`: enough prefetched tasks per worker that a manager's next batch is on
+/// its way while it works through the last (64 per worker ran at 85-100k noop tasks/s on 2
+/// cores, 512 at 146-170k; docs/results/performance.md).
+const DEFAULT_PREFETCH_PER_WORKER: usize = 512;
+
 /// Runs the tasks with at most `window` in flight; returns wall time, latencies (µs), failures.
 async fn drive(client: &Client, args: &BenchArgs) -> (Duration, Vec<u64>, usize) {
     let started = Instant::now();
@@ -213,11 +243,15 @@ async fn drive(client: &Client, args: &BenchArgs) -> (Duration, Vec<u64>, usize)
     let mut submitted = 0;
     let mut failures = 0;
     while latencies.len() < args.tasks {
-        // Refill a whole batch at a time (or whatever is left, or when nothing is in flight),
-        // then let the client's sender run: on a one-thread runtime it shares this thread.
-        let room = args.window - in_flight.len();
-        let left = args.tasks - submitted;
-        if left > 0 && (room >= args.batch.min(left) || in_flight.is_empty()) {
+        // Refill by whole batches (or whatever is left, or when nothing is in flight) while the
+        // window has room, letting the client's sender run after each: on a one-thread
+        // runtime it shares this thread.
+        loop {
+            let room = args.window - in_flight.len();
+            let left = args.tasks - submitted;
+            if left == 0 || (room < args.batch.min(left) && !in_flight.is_empty()) {
+                break;
+            }
             let n = args.batch.min(left).min(room);
             for _ in 0..n {
                 let handle = client.submit(make_task(args));
@@ -236,6 +270,67 @@ async fn drive(client: &Client, args: &BenchArgs) -> (Duration, Vec<u64>, usize)
         }
     }
     (started.elapsed(), latencies, failures)
+}
+
+/// `--queue-first`: every task queued at the interchange while the managers are held, the
+/// interchange's memory read then, then the managers released; the wall time counts from there.
+async fn queue_first(
+    client: &Client,
+    args: &BenchArgs,
+    interchange: &Service,
+) -> anyhow::Result<(Duration, Vec<u64>, usize, serde_json::Value)> {
+    let ids: Vec<String> = (0..args.managers).map(|i| format!("bench-{i}")).collect();
+    for manager in &ids {
+        let manager = manager.clone();
+        expect_done(client.command(ClusterCommand::Hold { manager }).await?)?;
+    }
+    let submit_started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for _ in 0..args.tasks {
+        let handle = client.submit(make_task(args));
+        let at = Instant::now();
+        in_flight.push(async move { (handle.await, at) });
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = client.status().await?;
+        if status.queued >= args.tasks as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the interchange queued {} of {} tasks in 300 s",
+                status.queued,
+                args.tasks
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let queued = json!({
+        "tasks": args.tasks,
+        "submit_s": (submit_started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "interchange_rss_mb": interchange.rss_now_mb(),
+    });
+    let started = Instant::now();
+    for manager in ids {
+        expect_done(client.command(ClusterCommand::Release { manager }).await?)?;
+    }
+    let mut latencies = Vec::with_capacity(args.tasks);
+    let mut failures = 0;
+    while let Some((result, at)) = in_flight.next().await {
+        latencies.push(at.elapsed().as_micros() as u64);
+        if !matches!(result, Ok(r) if r.outcome.is_ok()) {
+            failures += 1;
+        }
+    }
+    Ok((started.elapsed(), latencies, failures, queued))
+}
+
+fn expect_done(reply: htex_client::CommandReply) -> anyhow::Result<()> {
+    match reply {
+        htex_client::CommandReply::Done => Ok(()),
+        other => bail!("the interchange answered {other:?}"),
+    }
 }
 
 fn path(p: &std::path::Path) -> String {

@@ -63,6 +63,10 @@ pub struct ManagerArgs {
     /// Tasks held beyond one per worker (default: one per worker).
     #[arg(long)]
     prefetch: Option<usize>,
+    /// Tasks a worker may have queued in its pipe behind the one it runs, while its slot's tasks
+    /// run under a millisecond on average (default 16; 0: one task at a time).
+    #[arg(long)]
+    pipeline_depth: Option<usize>,
     /// Name in the manager table (default: HOST-PID).
     #[arg(long)]
     manager_id: Option<String>,
@@ -116,6 +120,7 @@ struct ManagerFile {
     port: Option<u16>,
     workers: Option<usize>,
     prefetch: Option<usize>,
+    pipeline_depth: Option<usize>,
     manager_id: Option<String>,
     block_id: Option<String>,
     worker_command: Option<Vec<String>>,
@@ -242,6 +247,9 @@ pub fn manager_config(args: &ManagerArgs) -> anyhow::Result<ManagerConfig> {
     };
     let mut config = ManagerConfig::new(format!("tcp://{host}:{port}"), 0);
     config.prefetch = args.prefetch.or(file.prefetch).unwrap_or(slots.len());
+    if let Some(depth) = args.pipeline_depth.or(file.pipeline_depth) {
+        config.pipeline_depth = depth;
+    }
     config.slots = slots;
     config.block_id = args.block_id.clone().or(file.block_id);
     config.zero_worker = args.zero_worker;

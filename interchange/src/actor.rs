@@ -14,7 +14,7 @@ use htex_protocol::{
 use tokio::sync::mpsc;
 
 use crate::queue::{GlobalId, TaskQueue};
-use crate::records::{ClientRecord, ManagerRecord, TaskRecord, TaskState};
+use crate::records::{ClientKey, ClientRecord, IdMap, ManagerRecord, TaskRecord, TaskState};
 use crate::sockets::{hex, Router};
 use crate::task_table::TaskTable;
 use crate::InterchangeConfig;
@@ -105,16 +105,19 @@ struct State {
     started: Instant,
     tasks: TaskTable,
     queue: TaskQueue,
-    parked: Vec<GlobalId>,
+    /// Tasks no connected manager could run, and since when.
+    parked: Vec<(GlobalId, Instant)>,
     next_id: GlobalId,
-    clients: HashMap<Bytes, ClientRecord>,
+    clients: HashMap<ClientKey, ClientRecord>,
+    client_keys: HashMap<Bytes, ClientKey>,
+    next_client_key: ClientKey,
     managers: HashMap<u64, ManagerRecord>,
     manager_keys: HashMap<Bytes, u64>,
     next_manager_key: u64,
     /// Round-robin cursor over managers, so batches spread evenly.
     cursor: usize,
     /// Results waiting for the next flush, per client.
-    outbox: HashMap<Bytes, Vec<TaskResult>>,
+    outbox: HashMap<ClientKey, Vec<TaskResult>>,
 }
 
 impl State {
@@ -129,6 +132,8 @@ impl State {
             parked: Vec::new(),
             next_id: 1,
             clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            next_client_key: 1,
             managers: HashMap::new(),
             manager_keys: HashMap::new(),
             next_manager_key: 1,
@@ -171,26 +176,27 @@ impl State {
             self.on_hello(peer, hello).await;
             return Flow::Continue;
         }
-        if !self.clients.contains_key(&peer) {
+        let key = self.client_keys.get(&peer).copied();
+        let Some(key) = key.filter(|k| self.clients.get(k).is_some_and(|c| !c.departed)) else {
             let message = "unknown client: send Hello before anything else".to_string();
             self.client_sock
                 .send(&peer, &ClientReply::Error { message })
                 .await;
             return Flow::Continue;
-        }
+        };
         match request {
             ClientRequest::Hello(_) => unreachable!("handled above"),
             ClientRequest::Submit(specs) => {
                 let received_us = now_us();
                 for spec in specs {
-                    self.accept(&peer, spec, received_us);
+                    self.accept(key, spec, received_us);
                 }
             }
             ClientRequest::Cancel(ids) => {
                 for id in ids {
                     let gid = self
                         .clients
-                        .get(&peer)
+                        .get(&key)
                         .and_then(|c| c.tasks.get(&id))
                         .copied();
                     if let Some(gid) = gid {
@@ -212,11 +218,21 @@ impl State {
             }
             ClientRequest::Heartbeat => {}
             ClientRequest::Goodbye => {
-                if let Some(client) = self.clients.remove(&peer) {
-                    tracing::info!(client = %client.name, "client left");
-                    for gid in client.tasks.into_values() {
-                        self.cancel(gid, "the client left").await;
+                // Its tasks are cancelled; their results still go to its connection, and the
+                // record goes once they have (flush_results).
+                let gids: Vec<GlobalId> = match self.clients.get_mut(&key) {
+                    Some(client) => {
+                        tracing::info!(client = %client.name, "client left");
+                        client.departed = true;
+                        client.tasks.values().copied().collect()
                     }
+                    None => Vec::new(),
+                };
+                // The next flush sends what is waiting for it and, with nothing outstanding,
+                // forgets it.
+                self.outbox.entry(key).or_default();
+                for gid in gids {
+                    self.cancel(gid, "the client left").await;
                 }
             }
         }
@@ -233,12 +249,30 @@ impl State {
             return;
         }
         tracing::info!(client = %hello.name, "client connected");
-        self.clients
-            .entry(peer.clone())
-            .or_insert_with(|| ClientRecord {
-                name: hello.name,
-                tasks: HashMap::new(),
-            });
+        match self
+            .client_keys
+            .get(&peer)
+            .and_then(|k| self.clients.get_mut(k))
+        {
+            // Hello again on the same connection (after Goodbye, say): the same record, with
+            // the tasks it still has outstanding.
+            Some(client) => {
+                client.name = hello.name;
+                client.departed = false;
+            }
+            None => {
+                let key = self.next_client_key;
+                self.next_client_key += 1;
+                self.client_keys.insert(peer.clone(), key);
+                let record = ClientRecord {
+                    peer: peer.clone(),
+                    name: hello.name,
+                    tasks: IdMap::default(),
+                    departed: false,
+                };
+                self.clients.insert(key, record);
+            }
+        }
         let welcome = ClientReply::Welcome {
             protocol_version: PROTOCOL_VERSION,
             interchange: format!("htex {}", env!("CARGO_PKG_VERSION")),
@@ -247,10 +281,10 @@ impl State {
     }
 
     /// Takes a submitted task into the queue, or answers it at once when it is invalid.
-    fn accept(&mut self, peer: &Bytes, mut spec: TaskSpec, received_us: u64) {
+    fn accept(&mut self, key: ClientKey, mut spec: TaskSpec, received_us: u64) {
         let client = self
             .clients
-            .get_mut(peer)
+            .get_mut(&key)
             .expect("caller checked the client");
         let invalid = if client.tasks.contains_key(&spec.id) {
             Some(format!(
@@ -262,7 +296,7 @@ impl State {
         };
         if let Some(message) = invalid {
             let result = TaskResult::error(spec.id, TaskError::BadRequest { message });
-            self.outbox.entry(peer.clone()).or_default().push(result);
+            self.outbox.entry(key).or_default().push(result);
             return;
         }
         let gid = self.next_id;
@@ -276,13 +310,13 @@ impl State {
                 client.tasks.remove(&client_task_id);
                 let message = format!("cannot encode the task: {e}");
                 let result = TaskResult::error(client_task_id, TaskError::BadRequest { message });
-                self.outbox.entry(peer.clone()).or_default().push(result);
+                self.outbox.entry(key).or_default().push(result);
                 return;
             }
         };
         self.queue.push(spec.priority, gid);
         let record = TaskRecord {
-            client: peer.clone(),
+            client: key,
             client_task_id,
             task,
             resources: (!spec.resources.is_any()).then(|| Box::new(spec.resources)),
@@ -375,7 +409,7 @@ impl State {
             interchange: format!("htex {}", env!("CARGO_PKG_VERSION")),
             protocol_version: PROTOCOL_VERSION,
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            clients: self.clients.len() as u32,
+            clients: self.clients.values().filter(|c| !c.departed).count() as u32,
             queued: queued.count() as u64,
             outstanding: self.tasks.len() as u64,
             managers,
@@ -475,7 +509,7 @@ impl State {
         };
         self.manager_sock.send(&peer, &welcome).await;
         // Parked tasks get another look now that new slots exist.
-        for gid in std::mem::take(&mut self.parked) {
+        for (gid, _) in std::mem::take(&mut self.parked) {
             if let Some(record) = self.tasks.get_mut(&gid) {
                 record.state = TaskState::Queued;
                 self.queue.push(record.priority, gid);
@@ -618,10 +652,8 @@ impl State {
                 }
                 None if self.managers.values().any(|m| m.could_run(request)) => deferred.push(gid),
                 None => {
-                    task.state = TaskState::Parked {
-                        since: Instant::now(),
-                    };
-                    self.parked.push(gid);
+                    task.state = TaskState::Parked;
+                    self.parked.push((gid, Instant::now()));
                 }
             }
         }
@@ -641,10 +673,21 @@ impl State {
     }
 
     async fn flush_results(&mut self) {
-        for (peer, results) in std::mem::take(&mut self.outbox) {
-            self.client_sock
-                .send(&peer, &ClientReply::Results(results))
-                .await;
+        for (key, results) in std::mem::take(&mut self.outbox) {
+            let Some(client) = self.clients.get(&key) else {
+                continue;
+            };
+            let peer = client.peer.clone();
+            if !results.is_empty() {
+                self.client_sock
+                    .send(&peer, &ClientReply::Results(results))
+                    .await;
+            }
+            // A client that said Goodbye is forgotten once its last result went out.
+            if client.departed && client.tasks.is_empty() {
+                self.clients.remove(&key);
+                self.client_keys.remove(&peer);
+            }
         }
     }
 
@@ -663,12 +706,12 @@ impl State {
         }
         let grace = self.config.unsatisfiable_grace;
         let parked = std::mem::take(&mut self.parked);
-        for gid in parked {
+        for (gid, since) in parked {
             let Some(task) = self.tasks.get(&gid) else {
                 continue;
             };
             match task.state {
-                TaskState::Parked { since } if now.duration_since(since) > grace => {
+                TaskState::Parked if now.duration_since(since) > grace => {
                     let reason = format!(
                         "{:?} fits no slot of the {} connected manager(s) after waiting {grace:?}",
                         task.resources(),
@@ -676,7 +719,7 @@ impl State {
                     );
                     self.finish(gid, TaskError::Unsatisfiable { reason });
                 }
-                TaskState::Parked { .. } => self.parked.push(gid),
+                TaskState::Parked => self.parked.push((gid, since)),
                 _ => {}
             }
         }
@@ -686,7 +729,12 @@ impl State {
                 .send(&peer, &InterchangeMessage::Heartbeat)
                 .await;
         }
-        let peers: Vec<Bytes> = self.clients.keys().cloned().collect();
+        let peers: Vec<Bytes> = self
+            .clients
+            .values()
+            .filter(|c| !c.departed)
+            .map(|c| c.peer.clone())
+            .collect();
         for peer in peers {
             self.client_sock.send(&peer, &ClientReply::Heartbeat).await;
         }

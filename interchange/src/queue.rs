@@ -1,29 +1,42 @@
 //! The pending-task queue: highest priority first, then oldest first.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// The interchange's own task number, unique across clients.
 pub(crate) type GlobalId = u64;
 
-/// Task numbers ordered by (priority, age). Entries whose task has since been cancelled stay in
-/// the heap and are skipped when popped: the task table is the truth.
+/// Task numbers ordered by (priority, age): one FIFO per priority, so that the common case (one
+/// priority, ids in order) pushes and pops in constant time. Entries whose task has since been
+/// cancelled stay and are skipped when popped: the task table is the truth.
 #[derive(Default)]
 pub(crate) struct TaskQueue {
-    heap: BinaryHeap<(i32, Reverse<GlobalId>)>,
+    by_priority: BTreeMap<i32, VecDeque<GlobalId>>,
 }
 
 impl TaskQueue {
     pub fn push(&mut self, priority: i32, id: GlobalId) {
-        self.heap.push((priority, Reverse(id)));
+        let fifo = self.by_priority.entry(priority).or_default();
+        match fifo.back() {
+            Some(&last) if last > id => {
+                // A task put back (its manager was lost) goes before younger ones.
+                let at = fifo.partition_point(|&queued| queued < id);
+                fifo.insert(at, id);
+            }
+            _ => fifo.push_back(id),
+        }
     }
 
     pub fn pop(&mut self) -> Option<GlobalId> {
-        self.heap.pop().map(|(_, Reverse(id))| id)
+        let mut highest = self.by_priority.last_entry()?;
+        let id = highest.get_mut().pop_front();
+        if highest.get().is_empty() {
+            highest.remove();
+        }
+        id
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.by_priority.is_empty()
     }
 }
 
@@ -39,5 +52,19 @@ mod tests {
         }
         let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(order, vec![4, 9, 1, 3, 0]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_task_put_back_goes_before_younger_ones() {
+        let mut q = TaskQueue::default();
+        for id in [10, 11, 12] {
+            q.push(0, id);
+        }
+        q.push(0, 5);
+        q.push(0, 11);
+        q.push(0, 20);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        assert_eq!(order, vec![5, 10, 11, 11, 12, 20]);
     }
 }

@@ -10,13 +10,43 @@ use htex_protocol::{
 
 use crate::queue::GlobalId;
 
+/// The interchange's number for a connected client (4 bytes in every task record, where the
+/// client's socket identity would take 32).
+pub(crate) type ClientKey = u32;
+
+/// Hashes the 64-bit ids the interchange keys its biggest maps by (task ids, global ids) with one
+/// multiplication (Fibonacci hashing, as FxHash does) instead of SipHash: these maps see an insert
+/// and a remove per task, and their keys come from this interchange or a connected client, not
+/// from strangers.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+pub(crate) type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// Where a task is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TaskState {
     /// In the queue, waiting for capacity.
     Queued,
-    /// No connected manager has a slot that could run it; waiting since then.
-    Parked { since: Instant },
+    /// No connected manager has a slot that could run it (since when: the actor's parked list).
+    Parked,
     /// Sent to a manager, waiting for its result.
     Dispatched { manager: u64 },
 }
@@ -24,7 +54,7 @@ pub(crate) enum TaskState {
 /// An accepted task that has not been answered yet. The spec is kept encoded, as managers get
 /// it; only what scheduling reads is kept decoded beside it.
 pub(crate) struct TaskRecord {
-    pub client: Bytes,
+    pub client: ClientKey,
     pub client_task_id: TaskId,
     /// The spec as the managers see it (`id` is the global id), encoded.
     pub task: EncodedTask,
@@ -64,7 +94,7 @@ pub(crate) struct ManagerRecord {
     pub state: ManagerState,
     pub last_seen: Instant,
     /// Tasks it holds, running or prefetched.
-    pub tasks: HashSet<GlobalId>,
+    pub tasks: IdSet,
     /// How many of those tasks ask for specific resources, per request.
     pub constrained: HashMap<ResourceRequest, u32>,
 }
@@ -137,7 +167,13 @@ impl ManagerRecord {
 
 /// A client that said hello.
 pub(crate) struct ClientRecord {
+    pub peer: Bytes,
     pub name: String,
     /// Its outstanding tasks, by the client's own ids.
-    pub tasks: HashMap<TaskId, GlobalId>,
+    pub tasks: IdMap<GlobalId>,
+    /// It said Goodbye: its tasks are being cancelled and their results still go to it.
+    pub departed: bool,
 }
+
+// A million queued tasks hold a million of these: keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<TaskRecord>() <= 88);

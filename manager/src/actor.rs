@@ -62,6 +62,32 @@ struct RunningTask {
     ending: Option<TaskError>,
     /// The interchange no longer holds the task (this manager registered again): no result.
     orphaned: bool,
+    /// Its result went out already (cancelled while it waited in the worker's pipe): the
+    /// worker's answer is dropped.
+    answered: bool,
+}
+
+impl RunningTask {
+    /// A task the worker starts now: its timeout counts from here.
+    fn starting(spec: &TaskSpec, answered: bool) -> Self {
+        RunningTask {
+            id: spec.id,
+            timeout_ms: spec.timeout_ms,
+            deadline: spec
+                .timeout_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            ending: None,
+            orphaned: false,
+            answered,
+        }
+    }
+}
+
+/// A task written to a worker's pipe behind the one it runs (see [`PIPELINE_SHORT_US`]).
+struct QueuedTask {
+    spec: TaskSpec,
+    /// Cancelled while queued: answered already, and not put back if the worker dies.
+    cancelled: bool,
 }
 
 struct Slot {
@@ -69,6 +95,10 @@ struct Slot {
     /// The worker's environment: GPU confinement and `HTEX_SLOT_*`.
     env: Vec<(String, String)>,
     state: SlotState,
+    /// Tasks in the worker's pipe behind the running one, in the order it will run them.
+    queued: VecDeque<QueuedTask>,
+    /// Moving average of how long this slot's tasks ran (µs), as the worker timed them.
+    run_avg_us: Option<f64>,
     process: Option<WorkerProcess>,
     generation: u64,
     spawned_at: Instant,
@@ -89,6 +119,12 @@ const RESULT_HOLD: Duration = Duration::from_micros(500);
 const RESULT_BATCH: usize = 1024;
 /// A worker that dies sooner than this after starting is restarted with a growing delay.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
+/// Tasks are queued in a busy worker's pipe (up to `ManagerConfig::pipeline_depth`) only while
+/// its slot's tasks run shorter than this on average: then a worker goes from one task to the
+/// next without waiting for the manager, and a task that waits behind another waits little.
+const PIPELINE_SHORT_US: f64 = 1000.0;
+/// Weight of the newest run time in a slot's moving average.
+const RUN_AVG_WEIGHT: f64 = 0.2;
 
 pub(crate) async fn run(
     config: ManagerConfig,
@@ -199,6 +235,8 @@ impl State {
                 descriptor: planned.descriptor.clone(),
                 env,
                 state: SlotState::Down { restart_at: now },
+                queued: VecDeque::new(),
+                run_avg_us: None,
                 process: None,
                 generation: 0,
                 spawned_at: now,
@@ -244,10 +282,12 @@ impl State {
                 tracing::info!(manager = %self.config.manager_id, "registered again with the interchange");
                 // The interchange queued again (or never knew) every task this manager held: the
                 // pending ones are dropped and the running ones stopped, so the slots are free.
-                let dropped = self.pending.len();
+                let mut dropped = self.pending.len();
                 self.pending.clear();
                 let mut stopped = 0;
                 for slot in &mut self.slots {
+                    dropped += slot.queued.len();
+                    slot.queued.clear();
                     if let (SlotState::Busy(task), Some(process)) = (&mut slot.state, &slot.process)
                     {
                         task.orphaned = true;
@@ -384,30 +424,41 @@ impl State {
                 slot.state = SlotState::Idle;
             }
             WorkerEvent::Reply(WorkerReply::Done(mut result)) => {
-                let SlotState::Busy(task) = std::mem::replace(&mut slot.state, SlotState::Idle)
-                else {
-                    tracing::warn!(
-                        slot = index,
-                        task = result.id,
-                        "worker answered a task it was not given"
-                    );
-                    return;
-                };
-                if task.id != result.id {
-                    tracing::warn!(
-                        slot = index,
-                        task = result.id,
-                        "worker answered a task it was not given"
-                    );
-                    slot.state = SlotState::Busy(task);
+                if !matches!(&slot.state, SlotState::Busy(t) if t.id == result.id) {
+                    // A worker being killed may still answer tasks queued behind the one it is
+                    // killed for, before the signal lands: those tasks go back to the queue when
+                    // it exits and run again, so the answer is dropped.
+                    let being_killed = matches!(slot.state, SlotState::Starting)
+                        && slot.queued.iter().any(|q| q.spec.id == result.id);
+                    if !being_killed {
+                        tracing::warn!(
+                            slot = index,
+                            task = result.id,
+                            "worker answered a task it was not given"
+                        );
+                    }
                     return;
                 }
+                let SlotState::Busy(task) = std::mem::replace(&mut slot.state, SlotState::Idle)
+                else {
+                    unreachable!("matched above")
+                };
                 slot.quick_deaths = 0;
+                let ran_us = result
+                    .timings
+                    .finished_us
+                    .saturating_sub(result.timings.started_us) as f64;
+                slot.run_avg_us = Some(match slot.run_avg_us {
+                    Some(avg) => avg + RUN_AVG_WEIGHT * (ran_us - avg),
+                    None => ran_us,
+                });
                 if task.ending.is_some() || task.orphaned {
                     // Its worker is being killed: no new task until the restart.
                     slot.state = SlotState::Starting;
+                } else if let Some(next) = slot.queued.pop_front() {
+                    slot.state = SlotState::Busy(RunningTask::starting(&next.spec, next.cancelled));
                 }
-                if task.orphaned {
+                if task.orphaned || task.answered {
                     return;
                 }
                 // A GPU fault poisons the work the task did, even when it answered first.
@@ -423,11 +474,27 @@ impl State {
             WorkerEvent::Exited(detail) => {
                 slot.process = None;
                 let now = Instant::now();
+                let queued = std::mem::take(&mut slot.queued);
                 match std::mem::replace(&mut slot.state, SlotState::Down { restart_at: now }) {
                     SlotState::Busy(task) => self.end_killed_task(index, task, detail),
                     _ => tracing::warn!(slot = index, "{detail}"),
                 }
+                self.take_back(queued);
                 self.schedule_restart(index);
+            }
+        }
+    }
+
+    /// Tasks that waited in a dead worker's pipe never started: they go back to the front of
+    /// the pending queue in their order (or back to the interchange while draining).
+    fn take_back(&mut self, queued: VecDeque<QueuedTask>) {
+        let specs = queued.into_iter().filter(|q| !q.cancelled).map(|q| q.spec);
+        if self.draining {
+            let returned = self.returned.get_or_insert_with(Vec::new);
+            returned.extend(specs.map(|spec| spec.id));
+        } else {
+            for spec in specs.rev() {
+                self.pending.push_front(spec);
             }
         }
     }
@@ -435,7 +502,7 @@ impl State {
     /// Ends the task of a worker that died: as the manager decided when it killed it, else
     /// `WorkerLost`.
     fn end_killed_task(&mut self, index: usize, task: RunningTask, detail: String) {
-        if task.orphaned {
+        if task.orphaned || task.answered {
             return;
         }
         let error = task.ending.unwrap_or_else(|| {
@@ -501,7 +568,8 @@ impl State {
         }
     }
 
-    /// Cancels a task: dropped if still pending, its worker killed if running.
+    /// Cancels a task: dropped if still pending, answered at once if queued in a worker's pipe
+    /// (the worker may still run it, and its answer is dropped), its worker killed if running.
     fn cancel(&mut self, id: TaskId) {
         let reason = "cancelled by the client".to_string();
         if let Some(pos) = self.pending.iter().position(|t| t.id == id) {
@@ -510,9 +578,20 @@ impl State {
                 .push(TaskResult::error(id, TaskError::Cancelled { reason }));
             return;
         }
+        let queued = self
+            .slots
+            .iter_mut()
+            .flat_map(|slot| slot.queued.iter_mut())
+            .find(|q| q.spec.id == id && !q.cancelled);
+        if let Some(queued) = queued {
+            queued.cancelled = true;
+            self.outbox
+                .push(TaskResult::error(id, TaskError::Cancelled { reason }));
+            return;
+        }
         for slot in &mut self.slots {
             if let (SlotState::Busy(task), Some(process)) = (&mut slot.state, &slot.process) {
-                if task.id == id && task.ending.is_none() {
+                if task.id == id && task.ending.is_none() && !task.answered {
                     task.ending = Some(TaskError::Cancelled { reason });
                     process.kill();
                     return;
@@ -548,19 +627,58 @@ impl State {
             let index = idle.swap_remove(at);
             let task = self.pending.remove(next).expect("index is in range");
             let slot = &mut self.slots[index];
-            let deadline = task
-                .timeout_ms
-                .map(|ms| Instant::now() + Duration::from_millis(ms));
-            slot.state = SlotState::Busy(RunningTask {
-                id: task.id,
-                timeout_ms: task.timeout_ms,
-                deadline,
-                ending: None,
-                orphaned: false,
-            });
+            slot.state = SlotState::Busy(RunningTask::starting(&task, false));
             if let Some(process) = &slot.process {
                 process.send(&WorkerRequest::Run(task));
             }
+        }
+        self.queue_behind();
+    }
+
+    /// Queues the rest of the pending tasks, in order, in the pipes of busy workers whose tasks
+    /// run short, each to the fitting slot with the fewest queued.
+    fn queue_behind(&mut self) {
+        let depth = self.config.pipeline_depth;
+        let open: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].takes_queued(depth))
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let mut next = 0;
+        while next < self.pending.len() {
+            let request = &self.pending[next].resources;
+            let best = open
+                .iter()
+                .copied()
+                .filter(|&s| {
+                    self.slots[s].queued.len() < depth
+                        && self.slots[s].descriptor.satisfies(request)
+                })
+                .min_by_key(|&s| {
+                    (
+                        self.slots[s].queued.len(),
+                        capability(&self.slots[s].descriptor),
+                    )
+                });
+            let Some(index) = best else {
+                next += 1;
+                continue;
+            };
+            let spec = self.pending.remove(next).expect("index is in range");
+            let slot = &mut self.slots[index];
+            let Some(process) = &slot.process else {
+                unreachable!("takes_queued checked the process")
+            };
+            let request = WorkerRequest::Run(spec);
+            process.send(&request);
+            let WorkerRequest::Run(spec) = request else {
+                unreachable!("built above")
+            };
+            slot.queued.push_back(QueuedTask {
+                spec,
+                cancelled: false,
+            });
         }
     }
 
@@ -574,7 +692,7 @@ impl State {
         let running = self
             .slots
             .iter()
-            .any(|s| matches!(s.state, SlotState::Busy(_)));
+            .any(|s| matches!(s.state, SlotState::Busy(_)) || !s.queued.is_empty());
         !running
             || self.outbox.len() >= RESULT_BATCH
             || since.elapsed() >= RESULT_HOLD
@@ -688,8 +806,8 @@ impl State {
             + self
                 .slots
                 .iter()
-                .filter(|s| matches!(s.state, SlotState::Busy(_)))
-                .count()
+                .map(|s| usize::from(matches!(s.state, SlotState::Busy(_))) + s.queued.len())
+                .sum::<usize>()
     }
 
     fn drained(&self) -> bool {
@@ -702,6 +820,18 @@ impl State {
                 process.kill();
             }
         }
+    }
+}
+
+impl Slot {
+    /// Whether more tasks may be queued behind the one its worker runs.
+    fn takes_queued(&self, depth: usize) -> bool {
+        let running =
+            matches!(&self.state, SlotState::Busy(t) if t.ending.is_none() && !t.orphaned);
+        running
+            && self.process.is_some()
+            && self.queued.len() < depth
+            && self.run_avg_us.is_some_and(|avg| avg < PIPELINE_SHORT_US)
     }
 }
 

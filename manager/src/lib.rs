@@ -22,6 +22,9 @@ pub use affinity::CpuAffinity;
 pub use slot_env::MemLimitKey;
 pub use slots::{cpu_slots, plan, PlannedSlot, SlotPlanError, SlotSpec};
 
+/// Default of [`ManagerConfig::pipeline_depth`].
+pub const DEFAULT_PIPELINE_DEPTH: usize = 16;
+
 /// How a manager connects and what it runs.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -39,6 +42,9 @@ pub struct ManagerConfig {
     pub mps_mem_key: MemLimitKey,
     /// Tasks accepted beyond one per slot, so workers never wait for the network.
     pub prefetch: usize,
+    /// Tasks a worker may have waiting in its pipe behind the one it runs, while its slot's
+    /// tasks run under a millisecond on average (0: one task at a time).
+    pub pipeline_depth: usize,
     /// Program and arguments that start a worker (`htex worker`, or a custom worker binary).
     pub worker_command: Vec<String>,
     /// Bytes of stdout and of stderr a command task keeps.
@@ -96,6 +102,7 @@ impl ManagerConfig {
             mps_control: PathBuf::from("nvidia-cuda-mps-control"),
             mps_mem_key: MemLimitKey::default(),
             prefetch: workers,
+            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
             worker_command: vec![exe, "worker".into()],
             output_limit: 1 << 20,
             connect_timeout: Duration::from_secs(30),
