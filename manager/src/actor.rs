@@ -639,22 +639,17 @@ impl State {
     /// run short, each to the fitting slot with the fewest queued.
     fn queue_behind(&mut self) {
         let depth = self.config.pipeline_depth;
-        let open: Vec<usize> = (0..self.slots.len())
+        let mut open: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].takes_queued(depth))
             .collect();
-        if open.is_empty() {
-            return;
-        }
         let mut next = 0;
-        while next < self.pending.len() {
+        // Stops once every open pipe is full, not after a walk over the whole pending queue.
+        while next < self.pending.len() && !open.is_empty() {
             let request = &self.pending[next].resources;
             let best = open
                 .iter()
                 .copied()
-                .filter(|&s| {
-                    self.slots[s].queued.len() < depth
-                        && self.slots[s].descriptor.satisfies(request)
-                })
+                .filter(|&s| self.slots[s].descriptor.satisfies(request))
                 .min_by_key(|&s| {
                     (
                         self.slots[s].queued.len(),
@@ -679,6 +674,9 @@ impl State {
                 spec,
                 cancelled: false,
             });
+            if slot.queued.len() >= depth {
+                open.retain(|&s| s != index);
+            }
         }
     }
 
