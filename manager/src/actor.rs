@@ -612,20 +612,12 @@ impl State {
             })
             .collect();
         let mut next = 0;
-        while next < self.pending.len() && !idle.is_empty() {
-            let request = &self.pending[next].resources;
-            let best = idle
-                .iter()
-                .enumerate()
-                .filter(|(_, &s)| self.slots[s].descriptor.satisfies(request))
-                .min_by_key(|(_, &s)| capability(&self.slots[s].descriptor))
-                .map(|(at, _)| at);
-            let Some(at) = best else {
-                next += 1;
-                continue;
+        let rank = |slot: &Slot| capability(&slot.descriptor);
+        while !idle.is_empty() {
+            let Some((at, task)) = self.take_fitting(&mut next, &idle, rank) else {
+                break;
             };
             let index = idle.swap_remove(at);
-            let task = self.pending.remove(next).expect("index is in range");
             let slot = &mut self.slots[index];
             slot.state = SlotState::Busy(RunningTask::starting(&task, false));
             if let Some(process) = &slot.process {
@@ -643,24 +635,13 @@ impl State {
             .filter(|&i| self.slots[i].takes_queued(depth))
             .collect();
         let mut next = 0;
+        let rank = |slot: &Slot| (slot.queued.len(), capability(&slot.descriptor));
         // Stops once every open pipe is full, not after a walk over the whole pending queue.
-        while next < self.pending.len() && !open.is_empty() {
-            let request = &self.pending[next].resources;
-            let best = open
-                .iter()
-                .copied()
-                .filter(|&s| self.slots[s].descriptor.satisfies(request))
-                .min_by_key(|&s| {
-                    (
-                        self.slots[s].queued.len(),
-                        capability(&self.slots[s].descriptor),
-                    )
-                });
-            let Some(index) = best else {
-                next += 1;
-                continue;
+        while !open.is_empty() {
+            let Some((at, spec)) = self.take_fitting(&mut next, &open, rank) else {
+                break;
             };
-            let spec = self.pending.remove(next).expect("index is in range");
+            let index = open[at];
             let slot = &mut self.slots[index];
             let Some(process) = &slot.process else {
                 unreachable!("takes_queued checked the process")
@@ -675,9 +656,37 @@ impl State {
                 cancelled: false,
             });
             if slot.queued.len() >= depth {
-                open.retain(|&s| s != index);
+                open.remove(at);
             }
         }
+    }
+
+    /// Takes out the first pending task from `*next` on that one of `candidates` (slot indices)
+    /// satisfies, with the position in `candidates` of the fitting slot `rank` puts first;
+    /// `*next` moves past the tasks none of them fits. `None` once no pending task fits.
+    fn take_fitting<R: Ord>(
+        &mut self,
+        next: &mut usize,
+        candidates: &[usize],
+        rank: impl Fn(&Slot) -> R,
+    ) -> Option<(usize, TaskSpec)> {
+        while *next < self.pending.len() {
+            let request = &self.pending[*next].resources;
+            let best = candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, &s)| self.slots[s].descriptor.satisfies(request))
+                .min_by_key(|(_, &s)| rank(&self.slots[s]))
+                .map(|(at, _)| at);
+            match best {
+                Some(at) => {
+                    let task = self.pending.remove(*next).expect("index is in range");
+                    return Some((at, task));
+                }
+                None => *next += 1,
+            }
+        }
+        None
     }
 
     /// Whether buffered results should go out now: no other task is running (so none is coming
