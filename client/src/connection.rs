@@ -1,21 +1,26 @@
-//! The connection to the interchange: a sender task that batches submissions into frames, a
-//! receiver task that routes results to their handles, and a watchdog for a silent interchange.
+//! The connection to the interchange: a sender task that packs submissions into frames under the
+//! link's frame limit (and holds frames the interchange has not taken yet), a receiver task that
+//! routes results to their handles, and a watchdog for a silent interchange.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use htex_protocol::{
-    decode, encode, now_us, ClientHello, ClientReply, ClientRequest, Command, CommandReply,
-    StatusReport, TaskId, TaskSpec, PROTOCOL_VERSION,
+    decode, encode, max_item_bytes, now_us, BatchEncoder, ClientHello, ClientReply, ClientRequest,
+    CodecError, Command, CommandReply, StatusReport, TaskError, TaskId, TaskResult, TaskSpec,
+    MIN_MAX_FRAME_BYTES, PROTOCOL_VERSION,
+};
+use htex_transport::{
+    connect_dealer, normalize_endpoint, DealerRecvHalf, DealerSendHalf, NetConfig, SocketRecv,
+    SocketSend, WhenRefused, ZmqMessage,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
-use zeromq::{
-    DealerRecvHalf, DealerSendHalf, DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage,
-};
 
 use crate::handle::{ResultSender, TaskHandle, TypedHandle};
 use crate::{ClientError, Task};
@@ -28,6 +33,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Outstanding handles fail when the interchange is silent this long.
     pub heartbeat_threshold: Duration,
+    /// The largest frame this client sends or accepts; the interchange's own limit, if smaller,
+    /// applies. A task larger than [`htex_protocol::max_item_bytes`] of it ends `BadRequest`.
     pub max_frame_bytes: usize,
 }
 
@@ -42,7 +49,30 @@ impl Default for ClientConfig {
     }
 }
 
-/// Most tasks packed into one `Submit` frame.
+impl ClientConfig {
+    /// Says what is wrong with a config that could not work.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let fail = |message: String| Err(ClientError::Config(message));
+        if self.connect_timeout.is_zero() || self.connect_timeout > Duration::from_secs(86_400) {
+            return fail("the connect timeout must be more than 0 and at most a day".into());
+        }
+        if self.heartbeat_threshold < Duration::from_millis(10)
+            || self.heartbeat_threshold > Duration::from_secs(86_400 * 365)
+        {
+            return fail("the heartbeat threshold must be between 10 ms and a year".into());
+        }
+        if self.max_frame_bytes < MIN_MAX_FRAME_BYTES || self.max_frame_bytes > u32::MAX as usize {
+            return fail(format!(
+                "max_frame_bytes must be between {MIN_MAX_FRAME_BYTES} and {} bytes, not {}",
+                u32::MAX,
+                self.max_frame_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most tasks packed into one `Submit` frame (fewer when the frame limit is reached first).
 const SUBMIT_BATCH: usize = 4096;
 
 enum Outgoing {
@@ -50,6 +80,11 @@ enum Outgoing {
     Cancel(TaskId),
     Command(u64, Command),
     Goodbye(oneshot::Sender<()>),
+    /// The interchange's answers about `Submit` frames (by their first task), from the receive
+    /// loop.
+    Accepted(TaskId),
+    Busy(TaskId),
+    Resume,
 }
 
 /// A connection to an interchange. Cheap to clone; all clones share the connection.
@@ -90,6 +125,20 @@ impl Shared {
     fn failure(&self) -> Option<ClientError> {
         self.failure.lock().expect("not poisoned").clone()
     }
+
+    fn lost(&self, reason: String) {
+        self.fail(ClientError::InterchangeLost {
+            endpoint: self.endpoint.clone(),
+            reason,
+        });
+    }
+
+    /// Answers a task here, without the interchange (one the client refused to send).
+    fn answer(&self, result: TaskResult) {
+        if let Some((_, tx)) = self.pending.remove(&result.id) {
+            let _ = tx.send(Ok(result));
+        }
+    }
 }
 
 impl Client {
@@ -100,37 +149,53 @@ impl Client {
 
     /// Connects, says hello and waits for the interchange's welcome.
     pub async fn connect_with(endpoint: &str, config: ClientConfig) -> Result<Client, ClientError> {
-        let endpoint = normalize(endpoint);
+        config.validate()?;
+        let endpoint = normalize_endpoint(endpoint);
         let fail = |reason: String| ClientError::Connect {
             endpoint: endpoint.clone(),
             reason,
         };
-        let mut options = zeromq::SocketOptions::default();
-        options.max_frame_size(config.max_frame_bytes.saturating_mul(2));
-        let mut socket = DealerSocket::with_options(options);
-        tokio::time::timeout(config.connect_timeout, socket.connect(&endpoint))
+        let net = NetConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            connect_timeout: config.connect_timeout,
+        };
+        let (mut send, mut recv) = connect_dealer(&endpoint, &net, WhenRefused::Fail)
             .await
-            .map_err(|_| fail(format!("no connection within {:?}", config.connect_timeout)))?
-            .map_err(|e| fail(e.to_string()))?;
-        let (mut send, mut recv) = socket.split();
+            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         let hello = ClientRequest::Hello(ClientHello {
             protocol_version: PROTOCOL_VERSION,
             name: config.name.clone(),
+            max_frame_bytes: config.max_frame_bytes as u64,
         });
         send_frame(&mut send, &hello)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let reply = tokio::time::timeout(config.connect_timeout, recv.recv())
             .await
-            .map_err(|_| fail(format!("no welcome within {:?}", config.connect_timeout)))?
+            .map_err(|_| {
+                fail(format!(
+                    "no welcome within {:.1} s; is that the interchange's client port?",
+                    config.connect_timeout.as_secs_f64()
+                ))
+            })?
             .map_err(|e| fail(e.to_string()))?;
         let frame = reply.into_vec().pop().unwrap_or_default();
-        match decode::<ClientReply>(&frame, config.max_frame_bytes) {
-            Ok(ClientReply::Welcome { .. }) => {}
+        let limit = match decode::<ClientReply>(&frame, config.max_frame_bytes) {
+            Ok(ClientReply::Welcome {
+                max_frame_bytes, ..
+            }) => match usize::try_from(max_frame_bytes) {
+                Ok(0) | Err(_) => config.max_frame_bytes,
+                Ok(theirs) => config.max_frame_bytes.min(theirs.max(MIN_MAX_FRAME_BYTES)),
+            },
             Ok(ClientReply::Refused { reason }) => return Err(ClientError::Refused(reason)),
-            Ok(other) => return Err(fail(format!("unexpected first reply {other:?}"))),
+            Ok(other) => {
+                return Err(fail(format!(
+                    "the interchange answered the hello with {}, not a welcome",
+                    reply_name(&other)
+                )))
+            }
             Err(e) => return Err(fail(e.to_string())),
-        }
+        };
         let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             endpoint,
@@ -142,7 +207,8 @@ impl Client {
             stray_results: AtomicU64::new(0),
             failure: Mutex::new(None),
         });
-        tokio::spawn(send_loop(send, outgoing_rx, shared.clone()));
+        let sender = Sender::new(send, limit, shared.clone());
+        tokio::spawn(sender.run(outgoing_rx));
         tokio::spawn(receive_loop(recv, config, shared.clone()));
         Ok(Client { shared })
     }
@@ -156,6 +222,14 @@ impl Client {
             return handle;
         }
         self.shared.pending.insert(id, tx);
+        // The connection may have failed between the check and the insert, after `fail` took
+        // out every pending handle: this one would then wait forever.
+        if let Some(error) = self.shared.failure() {
+            if let Some((_, tx)) = self.shared.pending.remove(&id) {
+                let _ = tx.send(Err(error));
+            }
+            return handle;
+        }
         if self
             .shared
             .outgoing
@@ -168,7 +242,6 @@ impl Client {
         }
         handle
     }
-
     /// Submits many tasks; they travel in as few frames as possible.
     pub fn submit_batch(&self, tasks: impl IntoIterator<Item = Task>) -> Vec<TaskHandle> {
         tasks.into_iter().map(|t| self.submit(t)).collect()
@@ -203,7 +276,10 @@ impl Client {
     pub async fn status(&self) -> Result<StatusReport, ClientError> {
         match self.command(Command::Status).await? {
             CommandReply::Status(report) => Ok(report),
-            other => Err(ClientError::Command(format!("unexpected reply {other:?}"))),
+            CommandReply::Done => Err(ClientError::Command(
+                "the interchange answered the status request without a report".into(),
+            )),
+            CommandReply::Error { message } => Err(ClientError::Command(message)),
         }
     }
 
@@ -215,6 +291,11 @@ impl Client {
         let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.commands.insert(id, tx);
+        // As in `submit`: a failure between the check and the insert would leave it waiting.
+        if let Some(error) = self.shared.failure() {
+            self.shared.commands.remove(&id);
+            return Err(error);
+        }
         self.shared
             .outgoing
             .send(Outgoing::Command(id, command))
@@ -240,14 +321,6 @@ impl Client {
     }
 }
 
-fn normalize(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("tcp://{endpoint}")
-    }
-}
-
 async fn send_frame(send: &mut DealerSendHalf, request: &ClientRequest) -> Result<(), String> {
     let frame = encode(request).map_err(|e| e.to_string())?;
     send.send(ZmqMessage::from(frame))
@@ -255,63 +328,191 @@ async fn send_frame(send: &mut DealerSendHalf, request: &ClientRequest) -> Resul
         .map_err(|e| e.to_string())
 }
 
-/// Packs queued submissions into `Submit` frames and sends everything else as it comes.
-async fn send_loop(
-    mut send: DealerSendHalf,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+/// A `Submit` frame and its first task, kept until the interchange took it.
+struct SubmitFrame {
+    first: TaskId,
+    frame: Bytes,
+}
+
+/// The send side: packs submissions into `Submit` frames under the link's limit, keeps each
+/// frame until the interchange answers `Accepted` (or `Busy`: then it waits for `Resume` and
+/// goes again, in order), and sends everything else as it comes.
+struct Sender {
+    send: DealerSendHalf,
     shared: Arc<Shared>,
-) {
-    let mut batch = Vec::new();
-    while let Some(first) = outgoing.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            let request = match item {
-                Outgoing::Task(spec) => {
-                    batch.push(spec);
-                    if batch.len() < SUBMIT_BATCH {
-                        next = outgoing.try_recv().ok();
-                        if next.is_some() {
-                            continue;
+    batch: BatchEncoder,
+    /// The first task of the open frame.
+    batch_first: Option<TaskId>,
+    /// Frames sent and not yet answered, oldest first.
+    in_flight: VecDeque<SubmitFrame>,
+    /// Frames the interchange refused (`Busy`), to go first after `Resume`.
+    refused: VecDeque<SubmitFrame>,
+    /// Frames packed while paused.
+    waiting: VecDeque<SubmitFrame>,
+    paused: bool,
+    limit: usize,
+}
+
+impl Sender {
+    fn new(send: DealerSendHalf, limit: usize, shared: Arc<Shared>) -> Sender {
+        Sender {
+            send,
+            shared,
+            batch: BatchEncoder::new(&ClientRequest::Submit(Vec::new()), limit)
+                .expect("a batch message"),
+            batch_first: None,
+            in_flight: VecDeque::new(),
+            refused: VecDeque::new(),
+            waiting: VecDeque::new(),
+            paused: false,
+            limit,
+        }
+    }
+
+    async fn run(mut self, mut outgoing: mpsc::UnboundedReceiver<Outgoing>) {
+        while let Some(first) = outgoing.recv().await {
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                match item {
+                    Outgoing::Task(spec) => {
+                        self.pack(spec).await;
+                        if self.batch.len() < SUBMIT_BATCH {
+                            next = outgoing.try_recv().ok();
+                            if next.is_some() {
+                                continue;
+                            }
+                        }
+                        self.close_batch().await;
+                    }
+                    Outgoing::Cancel(id) => {
+                        self.close_batch().await;
+                        self.request(&ClientRequest::Cancel(vec![id])).await;
+                    }
+                    Outgoing::Command(request_id, command) => {
+                        self.close_batch().await;
+                        let request = ClientRequest::Command {
+                            request_id,
+                            command,
+                        };
+                        self.request(&request).await;
+                    }
+                    Outgoing::Goodbye(done) => {
+                        self.close_batch().await;
+                        self.request(&ClientRequest::Goodbye).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Outgoing::Accepted(first) => {
+                        if let Some(at) = self.in_flight.iter().position(|f| f.first == first) {
+                            self.in_flight.remove(at);
                         }
                     }
-                    ClientRequest::Submit(std::mem::take(&mut batch))
+                    Outgoing::Busy(first) => {
+                        if let Some(at) = self.in_flight.iter().position(|f| f.first == first) {
+                            let frame = self.in_flight.remove(at).expect("found");
+                            self.refused.push_back(frame);
+                        }
+                        self.paused = true;
+                    }
+                    Outgoing::Resume => {
+                        self.paused = false;
+                        let again: Vec<_> = self
+                            .refused
+                            .drain(..)
+                            .chain(self.waiting.drain(..))
+                            .collect();
+                        for frame in again {
+                            self.submit_frame(frame).await;
+                        }
+                    }
                 }
-                Outgoing::Cancel(id) => ClientRequest::Cancel(vec![id]),
-                Outgoing::Command(id, command) => ClientRequest::Command {
-                    request_id: id,
-                    command,
-                },
-                Outgoing::Goodbye(done) => {
-                    flush(&mut send, &mut batch, &shared).await;
-                    let _ = send_frame(&mut send, &ClientRequest::Goodbye).await;
-                    let _ = done.send(());
-                    return;
+            }
+            // Nothing more waits: the open frame goes now. (Replies about earlier frames share
+            // this channel and may be the last item read, after tasks that are still packed.)
+            self.close_batch().await;
+        }
+    }
+
+    /// Adds a task to the open frame; one too large for any frame is answered `BadRequest`
+    /// here, and never sent.
+    async fn pack(&mut self, spec: TaskSpec) {
+        let was_empty = self.batch.is_empty();
+        match self.batch.push(&spec) {
+            Ok(None) => {
+                if was_empty {
+                    self.batch_first = Some(spec.id);
                 }
-            };
-            // A non-task item arrived behind tasks: send the tasks first, in order.
-            if !matches!(request, ClientRequest::Submit(_)) {
-                flush(&mut send, &mut batch, &shared).await;
             }
-            if let Err(e) = send_frame(&mut send, &request).await {
-                shared.fail(ClientError::InterchangeLost {
-                    endpoint: shared.endpoint.clone(),
-                    reason: e,
-                });
+            Ok(Some(full)) => {
+                let first = self.batch_first.replace(spec.id).unwrap_or(spec.id);
+                self.emit(first, full).await;
             }
+            Err(CodecError::ItemTooLarge { size, .. }) => {
+                let message = format!(
+                    "the task is {size} bytes encoded, over the limit of {} bytes per task (the \
+                     interchange's frames carry at most {} bytes); pass large data by file or \
+                     raise --max-frame-bytes",
+                    max_item_bytes(self.limit),
+                    self.limit
+                );
+                let error = TaskError::BadRequest { message };
+                self.shared.answer(TaskResult::error(spec.id, error));
+            }
+            Err(e) => {
+                let error = TaskError::BadRequest {
+                    message: format!("cannot encode the task: {e}"),
+                };
+                self.shared.answer(TaskResult::error(spec.id, error));
+            }
+        }
+    }
+
+    async fn close_batch(&mut self) {
+        if let Some(frame) = self.batch.finish() {
+            let first = self.batch_first.take().expect("a frame has a first task");
+            self.emit(first, frame).await;
+        }
+    }
+
+    async fn emit(&mut self, first: TaskId, frame: Vec<u8>) {
+        let frame = SubmitFrame {
+            first,
+            frame: Bytes::from(frame),
+        };
+        if self.paused {
+            self.waiting.push_back(frame);
+        } else {
+            self.submit_frame(frame).await;
+        }
+    }
+
+    async fn submit_frame(&mut self, frame: SubmitFrame) {
+        let sent = self.send.send(ZmqMessage::from(frame.frame.clone())).await;
+        match sent {
+            Ok(()) => self.in_flight.push_back(frame),
+            Err(e) => self.shared.lost(e.to_string()),
+        }
+    }
+
+    async fn request(&mut self, request: &ClientRequest) {
+        if let Err(e) = send_frame(&mut self.send, request).await {
+            self.shared.lost(e);
         }
     }
 }
 
-async fn flush(send: &mut DealerSendHalf, batch: &mut Vec<TaskSpec>, shared: &Shared) {
-    if batch.is_empty() {
-        return;
-    }
-    let request = ClientRequest::Submit(std::mem::take(batch));
-    if let Err(e) = send_frame(send, &request).await {
-        shared.fail(ClientError::InterchangeLost {
-            endpoint: shared.endpoint.clone(),
-            reason: e,
-        });
+/// A reply's name for an error message.
+fn reply_name(reply: &ClientReply) -> &'static str {
+    match reply {
+        ClientReply::Welcome { .. } => "Welcome",
+        ClientReply::Refused { .. } => "Refused",
+        ClientReply::Results(_) => "a result batch",
+        ClientReply::CommandReply { .. } => "a command reply",
+        ClientReply::Error { .. } => "an error",
+        ClientReply::Heartbeat => "a heartbeat",
+        ClientReply::Accepted { .. } => "Accepted",
+        ClientReply::Busy { .. } => "Busy",
+        ClientReply::Resume => "Resume",
     }
 }
 
@@ -324,8 +525,10 @@ async fn receive_loop(mut recv: DealerRecvHalf, config: ClientConfig, shared: Ar
             message = recv.recv() => message,
             _ = watchdog.tick() => {
                 if last_heard.elapsed() > config.heartbeat_threshold {
-                    let reason = format!("silent for over {:?}", config.heartbeat_threshold);
-                    shared.fail(ClientError::InterchangeLost { endpoint: shared.endpoint.clone(), reason });
+                    shared.lost(format!(
+                        "silent for over {:.1} s",
+                        config.heartbeat_threshold.as_secs_f64()
+                    ));
                     return;
                 }
                 continue;
@@ -334,16 +537,15 @@ async fn receive_loop(mut recv: DealerRecvHalf, config: ClientConfig, shared: Ar
         let message = match message {
             Ok(message) => message,
             Err(e) => {
-                let reason = e.to_string();
-                shared.fail(ClientError::InterchangeLost {
-                    endpoint: shared.endpoint.clone(),
-                    reason,
-                });
+                shared.lost(e.to_string());
                 return;
             }
         };
         last_heard = Instant::now();
         let frame = message.into_vec().pop().unwrap_or_default();
+        let to_sender = |item| {
+            let _ = shared.outgoing.send(item);
+        };
         match decode::<ClientReply>(&frame, config.max_frame_bytes) {
             Ok(ClientReply::Results(results)) => {
                 for result in results {
@@ -363,6 +565,14 @@ async fn receive_loop(mut recv: DealerRecvHalf, config: ClientConfig, shared: Ar
                     let _ = tx.send(reply);
                 }
             }
+            Ok(ClientReply::Accepted { first }) => to_sender(Outgoing::Accepted(first)),
+            Ok(ClientReply::Busy { ids, reason }) => {
+                tracing::info!("submissions wait: {reason}");
+                if let Some(&first) = ids.first() {
+                    to_sender(Outgoing::Busy(first));
+                }
+            }
+            Ok(ClientReply::Resume) => to_sender(Outgoing::Resume),
             Ok(ClientReply::Error { message }) => tracing::warn!("interchange: {message}"),
             Ok(ClientReply::Refused { reason }) => {
                 shared.fail(ClientError::Refused(reason));

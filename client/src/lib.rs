@@ -37,6 +37,11 @@ pub use task::Task;
 pub enum ClientError {
     #[error("cannot connect to the interchange at {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    /// No connection could be made (nothing listening, a timeout); the message says which.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("invalid client config: {0}")]
+    Config(String),
     #[error("the interchange refused this client: {0}")]
     Refused(String),
     #[error("lost the interchange at {endpoint}: {reason}")]

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// report its memory then (`queued`), then release the managers and time the rest.
     #[arg(long)]
     queue_first: bool,
+    /// Beside the run, a client that asks for this many bytes of results (echo tasks of 1 MiB,
+    /// e.g. `300M`) and never reads them: the interchange must drop it and serve the run on.
+    #[arg(long, value_parser = crate::common::parse_bytes)]
+    stalled_client: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -183,12 +187,43 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         .collect();
     futures::future::join_all(warmup).await;
 
+    let stalled = match args.stalled_client {
+        Some(bytes) => Some(stalled_client(&client_endpoint, bytes).await?),
+        None => None,
+    };
+    let mut args = args;
+    let window_asked = args.window;
+    if let Workload::Payload = args.kind {
+        // Tasks in flight hold their payload in this process: a byte budget, not a count.
+        args.window = args
+            .window
+            .min((PAYLOAD_WINDOW_BYTES / args.payload_bytes.max(1)).max(4));
+    }
     let (wall, mut latencies, failures, queued) = if args.queue_first {
         let (wall, latencies, failures, queued) = queue_first(&client, &args, &interchange).await?;
         (wall, latencies, failures, Some(queued))
     } else {
         let (wall, latencies, failures) = drive(&client, &args).await;
         (wall, latencies, failures, None)
+    };
+    let payload = match args.kind {
+        Workload::Payload => {
+            let mb_per_s = args.tasks as f64 * args.payload_bytes as f64 / wall.as_secs_f64() / 1e6;
+            let ceiling = loopback_mb_per_s().await?;
+            Some(json!({
+                "bytes": args.payload_bytes,
+                "window_asked": window_asked,
+                "mb_per_s_each_way": (mb_per_s * 10.0).round() / 10.0,
+                "loopback_tcp_mb_per_s": (ceiling * 10.0).round() / 10.0,
+                // Each byte crosses loopback TCP four times and a worker pipe twice.
+                "share_of_loopback": ((mb_per_s / ceiling) * 1000.0).round() / 1000.0,
+            }))
+        }
+        _ => None,
+    };
+    let stalled_report = match &stalled {
+        Some(_) => Some(stalled_client_outcome(&client, args.stalled_client.unwrap_or(0)).await?),
+        None => None,
     };
     latencies.sort_unstable();
     let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
@@ -203,6 +238,8 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "zero_worker": args.zero_worker,
         "queue_first": args.queue_first,
         "queued": queued,
+        "payload": payload,
+        "stalled_client": stalled_report,
         "failures": failures,
         "wall_s": (wall.as_secs_f64() * 1000.0).round() / 1000.0,
         "tasks_per_s": (args.tasks as f64 / wall.as_secs_f64()).round(),
@@ -211,6 +248,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "manager_processes": managers.iter().map(Service::usage).collect::<Vec<_>>(),
     });
     println!("{report}");
+    drop(stalled);
     client.close().await;
     drop(managers);
     drop(interchange);
@@ -220,6 +258,113 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     } else {
         std::process::ExitCode::from(1)
     })
+}
+
+/// `--stalled-client`: a raw client that says hello, submits echo tasks of 1 MiB worth `bytes` of
+/// results, and never reads. Its connection is returned, to stay open while the run goes on.
+async fn stalled_client(
+    endpoint: &str,
+    bytes: usize,
+) -> anyhow::Result<(
+    htex_transport::DealerSendHalf,
+    htex_transport::DealerRecvHalf,
+)> {
+    use htex_protocol::{ClientHello, ClientRequest, TaskKind, TaskSpec};
+    use htex_transport::SocketSend;
+    let net = htex_transport::NetConfig {
+        max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let (mut send, recv) =
+        htex_transport::connect_dealer(endpoint, &net, htex_transport::WhenRefused::Fail).await?;
+    let frame = |request: &ClientRequest| -> anyhow::Result<htex_transport::ZmqMessage> {
+        Ok(htex_protocol::encode(request)?.into())
+    };
+    let hello = ClientRequest::Hello(ClientHello {
+        protocol_version: htex_protocol::PROTOCOL_VERSION,
+        name: "stalled".into(),
+        max_frame_bytes: net.max_frame_bytes as u64,
+    });
+    send.send(frame(&hello)?).await?;
+    let tasks = (bytes >> 20).max(1) as u64;
+    let spec = |id| TaskSpec {
+        id,
+        kind: TaskKind::Function {
+            name: "echo".into(),
+            args: vec![0x5a; 1 << 20],
+        },
+        resources: Default::default(),
+        priority: 0,
+        timeout_ms: None,
+        max_retries: 0,
+        submitted_us: 0,
+    };
+    let mut next = 1;
+    while next <= tasks {
+        let batch: Vec<TaskSpec> = (next..=tasks.min(next + 31)).map(spec).collect();
+        next += batch.len() as u64;
+        send.send(frame(&ClientRequest::Submit(batch))?).await?;
+    }
+    // Its tasks start (and their results pile up) before the timed run does.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok((send, recv))
+}
+
+/// Whether the interchange dropped the stalled client (within 30 s of the run's end).
+async fn stalled_client_outcome(
+    client: &Client,
+    bytes: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let dropped = loop {
+        // The bench client itself is the one client left once the stalled one is dropped.
+        if client.status().await?.clients <= 1 {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok(json!({
+        "asked_bytes": bytes,
+        "dropped": dropped,
+        "dropped_after_run_s": (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+    }))
+}
+
+/// Bytes of payload `--kind payload` keeps in flight at most (the window shrinks to fit).
+const PAYLOAD_WINDOW_BYTES: usize = 1 << 30;
+
+/// Bytes per second one TCP connection on loopback carries here, now: 1 GiB in 1 MiB writes
+/// from one task to another, in this process. The ceiling for payload runs of the same moment.
+async fn loopback_mb_per_s() -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: usize = 1 << 30;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let reader = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < TOTAL {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        Ok::<usize, std::io::Error>(got)
+    });
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..TOTAL / chunk.len() {
+        stream.write_all(&chunk).await?;
+    }
+    stream.flush().await?;
+    let got = reader.await??;
+    Ok(got as f64 / started.elapsed().as_secs_f64() / 1e6)
 }
 
 fn make_task(args: &BenchArgs) -> Task {
@@ -329,7 +474,12 @@ async fn queue_first(
 fn expect_done(reply: htex_client::CommandReply) -> anyhow::Result<()> {
     match reply {
         htex_client::CommandReply::Done => Ok(()),
-        other => bail!("the interchange answered {other:?}"),
+        htex_client::CommandReply::Error { message } => {
+            bail!("the interchange answered: {message}")
+        }
+        htex_client::CommandReply::Status(_) => {
+            bail!("the interchange answered with a status report")
+        }
     }
 }
 

@@ -11,8 +11,10 @@ use htex_client::Client;
 use htex_interchange::{Interchange, InterchangeConfig};
 use htex_protocol::{Command, StatusReport};
 
-use crate::local::LocalCluster;
-use crate::manager_cmd::seconds;
+use htex_local::LocalCluster;
+
+pub(crate) use crate::common::{default_workers, shutdown_signal};
+use crate::common::{parse_bytes, seconds};
 use crate::run::run_tasks;
 use crate::taskfile;
 
@@ -122,6 +124,14 @@ struct InterchangeArgs {
     /// Seconds of silence after which a manager is lost.
     #[arg(long, default_value_t = 6.0)]
     heartbeat_threshold: f64,
+    /// The largest message accepted or sent (e.g. 64M); a task or result travels if it fits one
+    /// with 64 KiB to spare, and a larger one ends with a clear error.
+    #[arg(long, value_parser = parse_bytes)]
+    max_frame_bytes: Option<usize>,
+    /// Bytes of task specs the interchange holds (queued or on managers) before submissions
+    /// wait (default: a quarter of this machine's memory).
+    #[arg(long, value_parser = parse_bytes)]
+    max_queued_bytes: Option<usize>,
 }
 
 #[derive(Args)]
@@ -234,12 +244,6 @@ fn read_task_file(path: &PathBuf) -> anyhow::Result<Vec<taskfile::NamedTask>> {
     }
 }
 
-pub(crate) fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tasks = read_task_file(&args.tasks)?;
     let workers = args.workers.unwrap_or_else(default_workers);
@@ -250,7 +254,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let client = Client::connect(cluster.client_endpoint()).await?;
     let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
     client.close().await;
-    cluster.stop().await;
+    cluster.stop().await?;
     outcome
 }
 
@@ -282,7 +286,7 @@ async fn write_results(
 }
 
 async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
-    let config = InterchangeConfig {
+    let mut config = InterchangeConfig {
         client_bind: format!("tcp://{}:{}", args.address, args.client_port),
         manager_bind: format!("tcp://{}:{}", args.address, args.manager_port),
         heartbeat_period: seconds("heartbeat-period", args.heartbeat_period)?,
@@ -290,6 +294,14 @@ async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
         addresses_file: args.addresses_file,
         ..InterchangeConfig::default()
     };
+    if let Some(bytes) = args.max_frame_bytes {
+        config.max_frame_bytes = bytes;
+        config.manager_window_bytes = 4 * bytes;
+        config.max_peer_backlog_bytes = 4 * bytes;
+    }
+    if let Some(bytes) = args.max_queued_bytes {
+        config.max_queued_bytes = bytes;
+    }
     let interchange = Interchange::start(config).await?;
     println!("client endpoint: {}", interchange.client_endpoint());
     println!("manager endpoint: {}", interchange.manager_endpoint());
@@ -298,7 +310,7 @@ async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
         shutdown_signal().await;
         stopper.stop();
     });
-    interchange.wait().await;
+    interchange.wait().await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -320,17 +332,20 @@ fn status_json(report: &StatusReport) -> serde_json::Value {
 
 fn print_status(report: &StatusReport) {
     println!(
-        "{} (protocol {}), up {:.0} s: {} client(s), {} queued, {} outstanding",
+        "{} (protocol {}), up {:.0} s: {} client(s), {} queued, {} outstanding ({:.1} of {:.1} MiB \
+         of tasks held)",
         report.interchange,
         report.protocol_version,
         report.uptime_ms as f64 / 1000.0,
         report.clients,
         report.queued,
-        report.outstanding
+        report.outstanding,
+        report.task_bytes as f64 / (1u64 << 20) as f64,
+        report.max_task_bytes as f64 / (1u64 << 20) as f64,
     );
     for m in &report.managers {
         println!(
-            "manager {} on {} ({:?}): {}/{} tasks, {} slot(s), heard from {} ms ago",
+            "manager {} on {} ({}): {}/{} tasks, {} slot(s), heard from {} ms ago",
             m.id,
             m.hostname,
             m.state,
@@ -340,48 +355,7 @@ fn print_status(report: &StatusReport) {
             m.last_heartbeat_ms_ago
         );
         for slot in &m.slots {
-            println!("  slot {}", describe_slot(slot));
+            println!("  slot {slot}");
         }
-    }
-}
-
-/// One line per slot: `2 mps GPU-… (GPU 0) 25% 32 SMs 10.0 GiB`.
-pub(crate) fn describe_slot(slot: &htex_protocol::SlotDescriptor) -> String {
-    let mut line = format!("{} {:?}", slot.index, slot.kind).to_lowercase();
-    if let Some(uuid) = &slot.gpu_uuid {
-        line += &format!(" {uuid}");
-    }
-    if let Some(index) = slot.gpu_index {
-        line += &format!(" (GPU {index})");
-    }
-    if let Some(profile) = &slot.mig_profile {
-        line += &format!(" {profile}");
-    }
-    if let Some(p) = slot.mps_percentage {
-        line += &format!(" {p}%");
-    }
-    if let Some(sms) = slot.sm_count {
-        line += &format!(" {sms} SMs");
-    }
-    if let Some(bytes) = slot.memory_bytes {
-        line += &format!(" {:.1} GiB", bytes as f64 / (1u64 << 30) as f64);
-    }
-    if !slot.cpus.is_empty() {
-        line += &format!(
-            " cpus {}",
-            htex_manager::affinity::format_cpu_list(&slot.cpus)
-        );
-    }
-    line
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

@@ -1,11 +1,10 @@
-//! The `htex` command-line crate: subcommands, the task file format of `htex run`, and the
-//! embedded local cluster it runs on.
+//! The `htex` command-line crate: subcommands and the task file format of `htex run`. The
+//! processes' logic lives in the role crates (`htex-interchange`, `htex-manager`, ...); the
+//! embedded cluster `htex run` uses is `htex-local`.
 
 pub mod bench;
 pub mod cli;
-pub mod local;
+pub mod common;
 pub mod manager_cmd;
 pub mod run;
 pub mod taskfile;
-
-pub use local::LocalCluster;

@@ -15,6 +15,9 @@ use htex_client::Task;
 use htex_protocol::ResourceRequest;
 use serde::Deserialize;
 
+/// The longest `timeout_s` a task file may give.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 86_400);
+
 /// One line of a task file, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,12 +130,18 @@ fn parse_line(text: &str, line_no: usize) -> Result<NamedTask, String> {
         return Err("`env`, `cwd` and `stdin` apply to `command` tasks only".into());
     }
     if let Some(seconds) = line.timeout_s {
-        if !(seconds.is_finite() && seconds > 0.0) {
-            return Err(format!(
-                "`timeout_s` must be a positive number of seconds, not {seconds}"
-            ));
-        }
-        task = task.timeout(Duration::from_secs_f64(seconds));
+        // A timeout travels in milliseconds; past a year it is a mistake, not a limit.
+        let timeout = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|t| !t.is_zero() && *t <= MAX_TIMEOUT)
+            .ok_or_else(|| {
+                format!(
+                    "`timeout_s` must be a number of seconds above 0 and at most {} (a year), \
+                     not {seconds}",
+                    MAX_TIMEOUT.as_secs()
+                )
+            })?;
+        task = task.timeout(timeout);
     }
     let task = task
         .priority(line.priority)
@@ -153,6 +162,19 @@ mod tests {
         let tasks = parse(text).unwrap();
         let names: Vec<_> = tasks.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["a", "7", "line-5"]);
+    }
+
+    #[test]
+    fn timeouts_out_of_range_are_line_errors_not_panics() {
+        for bad in ["1e30", "-1", "0", "1e-12"] {
+            let text = format!("{{\"function\": \"noop\", \"timeout_s\": {bad}}}\n");
+            let errors = parse(&text).unwrap_err();
+            assert!(
+                errors[0].message.contains("timeout_s"),
+                "{bad}: {}",
+                errors[0]
+            );
+        }
     }
 
     #[test]

@@ -267,9 +267,16 @@ fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
     )
     .unwrap();
     let log = bin.join("mps-calls.log");
-    // A directory left by a manager that died (pid 4000000 is above Linux's pid_max).
-    let stale = Path::new("/tmp/htex-mps/4000000-0/p");
-    std::fs::create_dir_all(stale).unwrap();
+    // A directory left by a manager that died: the pid of a child already reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let root = htex_manager::mps::mps_root();
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let stale_dir = root.join(format!("{dead_pid}-0"));
+    let stale = stale_dir.join("p");
+    std::fs::create_dir_all(&stale).unwrap();
     std::fs::write(stale.join("control"), "").unwrap();
 
     let (_interchange, client_port, manager_port) = start_interchange(&dir);
@@ -333,4 +340,59 @@ fn mps_manager_cleans_stale_daemons_and_quits_its_own_on_sigterm() {
             .starts_with("quit "),
         "daemon not quit: {calls}"
     );
+}
+
+/// Review #8: GPU flags on a node without NVML (this machine has no libnvidia-ml, and no
+/// `--inventory` is given) used to fall back to CPU slots with one warning; now the manager
+/// refuses to start, naming NVML's error, unless CPU slots are asked for instead.
+#[test]
+fn gpu_flags_without_nvml_are_an_error_unless_cpu_fallback_is_allowed() {
+    if Path::new("/dev/nvidiactl").exists() {
+        eprintln!("this node has an NVIDIA driver; the fallback is checked where it has none");
+        return;
+    }
+    let started = Instant::now();
+    let out = Command::new(HTEX)
+        .args(["manager", "--port", "1", "--mps", "0:50,50"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--mps 0:50,50") && stderr.contains("NVML"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-cpu-fallback"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // With the fallback it plans CPU slots and goes on to connect (port 1: nothing listens).
+    let mut fallback = Running(
+        Command::new(HTEX)
+            .args([
+                "manager",
+                "--port",
+                "1",
+                "--mps",
+                "0:50,50",
+                "--workers",
+                "1",
+            ])
+            .args(["--allow-cpu-fallback", "--reconnect-timeout", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = BufReader::new(fallback.0.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains("slot 0 cpu") {
+        assert!(Instant::now() < deadline, "no CPU slot planned: {seen}");
+        let mut line = String::new();
+        if log.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen += &line;
+    }
+    assert!(seen.contains("slot 0 cpu"), "{seen}");
 }

@@ -103,7 +103,9 @@ impl Drop for Namespace {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_cut_off_by_the_network_is_lost_then_registers_again() {
     let Some(ns) = Namespace::create() else {
-        println!("skipped: cannot create a network namespace and veth pair here (needs root and iproute2); the SIGSTOP test covers a silent manager");
+        let why = "cannot create a network namespace and veth pair here (needs root and \
+                   iproute2); the SIGSTOP test covers a silent manager";
+        htex_tests::skip_unless_required("netns", why);
         return;
     };
     let ic = interchange("netcut", "0.0.0.0").await;

@@ -1,6 +1,6 @@
-//! The htex interchange: binds a client port and a manager port, queues tasks by priority, keeps
-//! the manager table, dispatches tasks in batches to managers with free capacity, and routes each
-//! result back to the client that submitted its task.
+//! The htex interchange: binds a client port and a manager port, queues tasks by resource class
+//! and priority, keeps the manager table, dispatches tasks in batches to managers with room, and
+//! routes each result back to the client that submitted its task.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), htex_interchange::InterchangeError> {
@@ -8,24 +8,26 @@
 //!
 //! let interchange = Interchange::start(InterchangeConfig::default()).await?;
 //! println!("clients: {}, managers: {}", interchange.client_endpoint(), interchange.manager_endpoint());
-//! interchange.wait().await;
+//! interchange.wait().await?;
 //! # Ok(())
 //! # }
 //! ```
 
-mod actor;
+mod core;
 mod queue;
 mod records;
-mod sockets;
+mod shell;
 mod task_table;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use htex_protocol::MIN_MAX_FRAME_BYTES;
+use htex_transport::{NetConfig, TransportError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// How an interchange listens and when it declares peers lost.
+/// How an interchange listens, what it holds, and when it declares peers lost.
 #[derive(Debug, Clone)]
 pub struct InterchangeConfig {
     /// ZeroMQ endpoint for clients; port 0 picks a free port.
@@ -38,59 +40,140 @@ pub struct InterchangeConfig {
     pub heartbeat_threshold: Duration,
     /// How long a task no connected manager can run waits for one before it is `Unsatisfiable`.
     pub unsatisfiable_grace: Duration,
-    /// Frames larger than this are refused.
+    /// The largest frame accepted or sent; a task (or result) travels if it fits one alone,
+    /// less [`htex_protocol::ENVELOPE_BYTES`].
     pub max_frame_bytes: usize,
+    /// Bytes of task specs held (queued or on managers) past which submissions wait: clients
+    /// are told `Busy` and send them again after `Resume`.
+    pub max_queued_bytes: usize,
+    /// Bytes of task specs one manager may hold at once (at least one task always goes).
+    pub manager_window_bytes: usize,
+    /// Bytes queued for one peer that does not read them, past which (for a heartbeat
+    /// threshold, or at once past twice as many) it is dropped.
+    pub max_peer_backlog_bytes: usize,
     /// Write the bound endpoints to this file (JSON) once listening.
     pub addresses_file: Option<PathBuf>,
 }
 
 impl Default for InterchangeConfig {
     fn default() -> Self {
+        let frame = htex_protocol::DEFAULT_MAX_FRAME_BYTES;
         InterchangeConfig {
             client_bind: "tcp://127.0.0.1:0".into(),
             manager_bind: "tcp://127.0.0.1:0".into(),
             heartbeat_period: Duration::from_secs(2),
             heartbeat_threshold: Duration::from_secs(6),
             unsatisfiable_grace: Duration::from_secs(10),
-            max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: frame,
+            max_queued_bytes: default_max_queued_bytes(),
+            manager_window_bytes: 4 * frame,
+            max_peer_backlog_bytes: 4 * frame,
             addresses_file: None,
         }
     }
 }
 
+/// A quarter of this machine's memory (4 GiB where it cannot be read).
+pub fn default_max_queued_bytes() -> usize {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    match total_kb {
+        Some(kb) => usize::try_from(kb.saturating_mul(1024) / 4).unwrap_or(usize::MAX),
+        None => 4 << 30,
+    }
+}
+
+impl InterchangeConfig {
+    /// Says what is wrong with a config that could not work, in the flags' terms.
+    pub fn validate(&self) -> Result<(), InterchangeError> {
+        let fail = |message: String| Err(InterchangeError::Config(message));
+        if self.heartbeat_period.is_zero() {
+            return fail("--heartbeat-period must be more than 0 seconds".into());
+        }
+        if self.heartbeat_threshold <= self.heartbeat_period {
+            return fail(format!(
+                "--heartbeat-threshold ({:.1} s) must be longer than --heartbeat-period ({:.1} s), \
+                 or every manager is lost between two heartbeats",
+                self.heartbeat_threshold.as_secs_f64(),
+                self.heartbeat_period.as_secs_f64()
+            ));
+        }
+        if self.heartbeat_threshold > Duration::from_secs(86_400 * 365) {
+            return fail("--heartbeat-threshold must be at most a year".into());
+        }
+        if self.unsatisfiable_grace > Duration::from_secs(86_400 * 365) {
+            return fail("the unsatisfiable grace must be at most a year".into());
+        }
+        if self.max_frame_bytes < MIN_MAX_FRAME_BYTES || self.max_frame_bytes > (u32::MAX as usize)
+        {
+            return fail(format!(
+                "--max-frame-bytes must be between {MIN_MAX_FRAME_BYTES} and {} bytes, not {}",
+                u32::MAX,
+                self.max_frame_bytes
+            ));
+        }
+        if self.max_queued_bytes < self.max_frame_bytes {
+            return fail(format!(
+                "--max-queued-bytes ({}) must be at least --max-frame-bytes ({})",
+                self.max_queued_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.max_peer_backlog_bytes < self.max_frame_bytes {
+            return fail(format!(
+                "the peer backlog budget ({} bytes) must be at least --max-frame-bytes ({})",
+                self.max_peer_backlog_bytes, self.max_frame_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InterchangeError {
-    #[error("cannot bind {what} endpoint {endpoint}: {source}")]
+    #[error("invalid interchange config: {0}")]
+    Config(String),
+    #[error("cannot bind the {what} endpoint: {source}")]
     Bind {
         what: &'static str,
-        endpoint: String,
-        source: zeromq::ZmqError,
+        source: TransportError,
     },
     #[error("cannot write the addresses file {path}: {source}")]
     AddressesFile {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the interchange crashed: {0}")]
+    Crashed(String),
 }
 
 /// A running interchange.
 pub struct Interchange {
     client_endpoint: String,
     manager_endpoint: String,
-    stop: mpsc::UnboundedSender<actor::Event>,
+    stop: mpsc::UnboundedSender<()>,
     task: JoinHandle<()>,
 }
 
 impl Interchange {
-    /// Binds both ports and starts serving.
+    /// Checks the config, binds both ports and starts serving.
     pub async fn start(config: InterchangeConfig) -> Result<Interchange, InterchangeError> {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        // Messages from the network go through a short bounded queue: when the actor falls
-        // behind, the sockets stop reading and TCP pushes back on the senders, instead of
-        // decoded batches piling up in memory.
-        let (net_tx, net_rx) = mpsc::channel(actor::INCOMING_QUEUE);
-        let clients = sockets::bind("client", &config.client_bind, net_tx.clone(), &config).await?;
-        let managers = sockets::bind("manager", &config.manager_bind, net_tx, &config).await?;
+        config.validate()?;
+        let net = NetConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            connect_timeout: config.heartbeat_threshold,
+        };
+        let bind = |what| move |source| InterchangeError::Bind { what, source };
+        let clients = htex_transport::bind_router(&config.client_bind, &net)
+            .await
+            .map_err(bind("client"))?;
+        let managers = htex_transport::bind_router(&config.manager_bind, &net)
+            .await
+            .map_err(bind("manager"))?;
         let client_endpoint = clients.endpoint.clone();
         let manager_endpoint = managers.endpoint.clone();
         if let Some(path) = &config.addresses_file {
@@ -103,11 +186,27 @@ impl Interchange {
             })?;
         }
         tracing::info!(%client_endpoint, %manager_endpoint, "interchange listening");
-        let task = tokio::spawn(actor::run(config, clients, managers, net_rx, events_rx));
+        let (inputs_tx, inputs_rx) = mpsc::channel(shell::INCOMING_QUEUE);
+        let limit = config.max_frame_bytes;
+        shell::spawn_reader(core::Side::Client, clients.recv, limit, inputs_tx.clone());
+        shell::spawn_reader(core::Side::Manager, managers.recv, limit, inputs_tx);
+        let shell_config = shell::ShellConfig {
+            tick: config.heartbeat_period,
+            max_frame_bytes: config.max_frame_bytes,
+            backlog_budget: config.max_peer_backlog_bytes,
+            backlog_grace: config.heartbeat_threshold,
+        };
+        let routers = shell::Routers {
+            clients: clients.send,
+            managers: managers.send,
+        };
+        let (stop, stop_rx) = mpsc::unbounded_channel();
+        let core = core::Core::new(config, core::Now::read());
+        let task = tokio::spawn(shell::run(core, routers, shell_config, inputs_rx, stop_rx));
         Ok(Interchange {
             client_endpoint,
             manager_endpoint,
-            stop: events_tx,
+            stop,
             task,
         })
     }
@@ -129,23 +228,38 @@ impl Interchange {
 
     /// Shuts down as the `Shutdown` command does: managers are told to stop and every outstanding
     /// task ends with `Cancelled`.
-    pub async fn shutdown(self) {
-        let _ = self.stop.send(actor::Event::Stop);
-        let _ = self.task.await;
+    pub async fn shutdown(self) -> Result<(), InterchangeError> {
+        let _ = self.stop.send(());
+        joined(self.task.await)
     }
 
-    /// Waits until the interchange stops (after a `Shutdown` command).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    /// Waits until the interchange stops (after a `Shutdown` command or a signal); an error if
+    /// it crashed.
+    pub async fn wait(self) -> Result<(), InterchangeError> {
+        joined(self.task.await)
     }
+}
+
+fn joined(result: Result<(), tokio::task::JoinError>) -> Result<(), InterchangeError> {
+    result.map_err(|e| {
+        let why = match e.try_into_panic() {
+            Ok(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into()),
+            Err(e) => e.to_string(),
+        };
+        InterchangeError::Crashed(why)
+    })
 }
 
 /// Shuts a running [`Interchange`] down; see [`Interchange::stopper`].
 #[derive(Clone)]
-pub struct Stopper(mpsc::UnboundedSender<actor::Event>);
+pub struct Stopper(mpsc::UnboundedSender<()>);
 
 impl Stopper {
     pub fn stop(&self) {
-        let _ = self.0.send(actor::Event::Stop);
+        let _ = self.0.send(());
     }
 }

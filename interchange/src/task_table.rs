@@ -2,23 +2,29 @@
 //! deque indexed by `id - base` rather than a hash map: no hashing, no bucket slack. It is kept
 //! in fixed chunks, so a million queued tasks cost their records and no more: a table that
 //! doubled would carry up to half its size in spare capacity, and would copy itself (both copies
-//! live at once) each time it grew.
+//! live at once) each time it grew. A chunk whose tasks are all answered gives its memory back
+//! wherever it is, so one old task still running does not pin the records of every task after it.
 
 use std::collections::VecDeque;
 
-use crate::queue::GlobalId;
-use crate::records::TaskRecord;
+use crate::records::{GlobalId, TaskRecord};
 
 /// Records per chunk.
 const CHUNK: usize = 4096;
 
+struct Chunk<T> {
+    /// `CHUNK` entries once full (the last chunk fills as ids are handed out); `None` for tasks
+    /// already answered; emptied (no allocation) once every entry of a full chunk is answered.
+    entries: Vec<Option<T>>,
+    live: usize,
+}
+
 pub(crate) struct TaskTable<T = TaskRecord> {
-    /// The id of `chunks[0][0]`.
+    /// The id of `chunks[0]`'s first entry.
     base: GlobalId,
-    /// Every chunk holds `CHUNK` entries but the last; `None` for tasks already answered.
-    chunks: VecDeque<Vec<Option<T>>>,
-    /// Entries at the front of `chunks[0]` known to be answered (trimmed).
-    trimmed: usize,
+    chunks: VecDeque<Chunk<T>>,
+    /// Entries handed out from `base` on, answered or not.
+    span: usize,
     live: usize,
 }
 
@@ -28,43 +34,52 @@ impl<T> TaskTable<T> {
         TaskTable {
             base: first,
             chunks: VecDeque::new(),
-            trimmed: 0,
+            span: 0,
             live: 0,
         }
     }
 
+    /// The id the next task must have.
+    pub fn next_id(&self) -> GlobalId {
+        self.base + self.span as u64
+    }
+
     /// Adds the next task; ids must come in order, one after another.
     pub fn insert(&mut self, id: GlobalId, record: T) {
-        assert_eq!(
-            id,
-            self.base + self.span() as u64,
-            "task ids are handed out in order"
-        );
-        if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push_back(Vec::with_capacity(CHUNK));
+        assert_eq!(id, self.next_id(), "task ids are handed out in order");
+        if self.span.is_multiple_of(CHUNK) {
+            self.chunks.push_back(Chunk {
+                entries: Vec::with_capacity(CHUNK),
+                live: 0,
+            });
         }
-        self.chunks
-            .back_mut()
-            .expect("pushed above")
-            .push(Some(record));
+        let chunk = self.chunks.back_mut().expect("pushed above");
+        chunk.entries.push(Some(record));
+        chunk.live += 1;
+        self.span += 1;
         self.live += 1;
     }
 
     pub fn get(&self, id: &GlobalId) -> Option<&T> {
         let (chunk, at) = self.index(*id)?;
-        self.chunks[chunk][at].as_ref()
+        self.chunks[chunk].entries.get(at)?.as_ref()
     }
 
     pub fn get_mut(&mut self, id: &GlobalId) -> Option<&mut T> {
         let (chunk, at) = self.index(*id)?;
-        self.chunks[chunk][at].as_mut()
+        self.chunks[chunk].entries.get_mut(at)?.as_mut()
     }
 
     pub fn remove(&mut self, id: &GlobalId) -> Option<T> {
-        let (chunk, at) = self.index(*id)?;
-        let record = self.chunks[chunk][at].take()?;
+        let (index, at) = self.index(*id)?;
+        let chunk = &mut self.chunks[index];
+        let record = chunk.entries.get_mut(at)?.take()?;
+        chunk.live -= 1;
         self.live -= 1;
-        self.trim();
+        if chunk.live == 0 && chunk.entries.len() == CHUNK {
+            chunk.entries = Vec::new();
+            self.trim();
+        }
         Some(record)
     }
 
@@ -75,41 +90,37 @@ impl<T> TaskTable<T> {
     /// Every live task, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (GlobalId, &T)> {
         let base = self.base;
-        self.chunks
-            .iter()
-            .flatten()
-            .enumerate()
-            .skip(self.trimmed)
-            .filter_map(move |(i, r)| r.as_ref().map(|r| (base + i as u64, r)))
+        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+            let first = base + (c * CHUNK) as u64;
+            chunk
+                .entries
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, r)| r.as_ref().map(|r| (first + i as u64, r)))
+        })
     }
 
-    /// Entries from `base` to the newest, answered or not.
-    fn span(&self) -> usize {
-        match self.chunks.back() {
-            Some(last) => (self.chunks.len() - 1) * CHUNK + last.len(),
-            None => 0,
-        }
-    }
-
-    /// Drops answered entries from the front, and each chunk once all of it is answered.
+    /// Drops emptied chunks from the front; the last chunk stays, as new ids go on in it.
     fn trim(&mut self) {
-        while let Some(front) = self.chunks.front() {
-            while self.trimmed < front.len() && front[self.trimmed].is_none() {
-                self.trimmed += 1;
-            }
-            // The last chunk stays while it is not full: new ids go on in it.
-            if self.trimmed < CHUNK {
-                break;
-            }
+        while self.chunks.len() > 1 && self.chunks[0].live == 0 {
             self.chunks.pop_front();
             self.base += CHUNK as u64;
-            self.trimmed = 0;
+            self.span -= CHUNK;
         }
     }
 
     fn index(&self, id: GlobalId) -> Option<(usize, usize)> {
         let i = id.checked_sub(self.base)? as usize;
-        (i >= self.trimmed && i < self.span()).then_some((i / CHUNK, i % CHUNK))
+        (i < self.span).then_some((i / CHUNK, i % CHUNK))
+    }
+
+    /// Chunks holding memory, for tests.
+    #[cfg(test)]
+    fn allocated_chunks(&self) -> usize {
+        self.chunks
+            .iter()
+            .filter(|c| c.entries.capacity() > 0)
+            .count()
     }
 }
 
@@ -129,7 +140,6 @@ mod tests {
             (2, None, Some(&"c"))
         );
         assert_eq!(table.remove(&1), Some("a"));
-        // 1 and 2 are gone from the front; 3 stays reachable and new ids follow on.
         table.insert(4, "d");
         assert_eq!(table.iter().map(|(id, _)| id).collect::<Vec<_>>(), [3, 4]);
         assert_eq!((table.get(&0), table.get(&9)), (None, None));
@@ -145,24 +155,42 @@ mod tests {
             table.insert(id, id * 2);
         }
         assert_eq!(table.chunks.len(), 4);
-        assert_eq!(
-            table.get(&(7 + CHUNK as u64)),
-            Some(&((7 + CHUNK as u64) * 2))
-        );
-        // Answer everything but one task in the second chunk, out of order.
         let keep = 7 + CHUNK as u64 + 5;
         for id in (7..7 + n).rev().filter(|&id| id != keep) {
             assert_eq!(table.remove(&id), Some(id * 2));
         }
         assert_eq!(table.len(), 1);
-        assert_eq!(table.chunks.len(), 3, "the first chunk was freed");
+        assert_eq!(table.chunks.len(), 3, "the first chunk was dropped");
+        assert_eq!(
+            table.allocated_chunks(),
+            2,
+            "the third chunk gave its memory back"
+        );
         assert_eq!(table.iter().collect::<Vec<_>>(), [(keep, &(keep * 2))]);
         assert_eq!(table.remove(&keep), Some(keep * 2));
         assert_eq!((table.len(), table.chunks.len()), (0, 1));
-        // Ids go on after the last one given out; nothing old is reachable.
         table.insert(7 + n, 1);
         assert_eq!(table.get(&(7 + n)), Some(&1));
         assert_eq!(table.get(&keep), None);
         assert_eq!(table.iter().count(), 1);
+    }
+
+    /// One task left unanswered while a million after it come and go: the table holds the
+    /// chunk of that task and the one being filled, not every chunk since.
+    #[test]
+    fn one_old_task_does_not_pin_the_memory_of_later_ones() {
+        let mut table: TaskTable<u64> = TaskTable::new(1);
+        table.insert(1, 0);
+        for id in 2..1_000_000 {
+            table.insert(id, id);
+            table.remove(&id);
+        }
+        assert_eq!(table.len(), 1);
+        assert!(
+            table.allocated_chunks() <= 2,
+            "{} chunks",
+            table.allocated_chunks()
+        );
+        assert_eq!(table.get(&1), Some(&0));
     }
 }

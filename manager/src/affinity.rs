@@ -16,6 +16,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// `[0, 2, 3, 4]` → `0,2-4`; the protocol owns it, since `htex status` prints slots' CPUs too.
+pub use htex_protocol::format_cpu_list;
+
 /// How slots are pinned to CPUs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CpuAffinity {
@@ -119,25 +122,6 @@ pub fn parse_cpu_list(s: &str) -> Result<Vec<u32>, String> {
     cpus.sort_unstable();
     cpus.dedup();
     Ok(cpus)
-}
-
-/// [0, 2, 3, 4] → `0,2-4`.
-pub fn format_cpu_list(cpus: &[u32]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < cpus.len() {
-        let mut j = i;
-        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
-            j += 1;
-        }
-        parts.push(if j == i {
-            cpus[i].to_string()
-        } else {
-            format!("{}-{}", cpus[i], cpus[j])
-        });
-        i = j + 1;
-    }
-    parts.join(",")
 }
 
 /// The CPUs of each of `slots` slots (empty vectors for `none`), from the `available` CPUs.

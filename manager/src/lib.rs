@@ -1,138 +1,48 @@
 //! The htex manager: one per node. It connects to the interchange, registers its slots, starts
 //! one worker process per slot, hands tasks to idle workers, and returns results in batches. A
-//! worker's death is noticed at once (its stdout closes): its task ends with `WorkerLost` and the
-//! worker is restarted.
+//! worker's death is noticed at once (from the process's own exit): its task ends with
+//! `WorkerLost` and the worker is restarted.
 
 mod actor;
 pub mod affinity;
+pub mod config;
 pub mod inventory;
 mod link;
 pub mod mps;
+pub mod plan;
 pub mod slot_env;
-pub mod slots;
 mod workers;
-
-use std::path::PathBuf;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use affinity::CpuAffinity;
+pub use config::{
+    read_inventory, ConfigError, ManagerConfig, ManagerFile, ManagerOverrides, RunnerStart,
+    SourceError, DEFAULT_PIPELINE_DEPTH,
+};
+pub use plan::{cpu_slots, plan, PlannedSlot, SlotPlanError, SlotSpec};
 pub use slot_env::MemLimitKey;
-pub use slots::{cpu_slots, plan, PlannedSlot, SlotPlanError, SlotSpec};
-
-/// Default of [`ManagerConfig::pipeline_depth`].
-pub const DEFAULT_PIPELINE_DEPTH: usize = 16;
-
-/// How a manager connects and what it runs.
-#[derive(Debug, Clone)]
-pub struct ManagerConfig {
-    /// The interchange's manager endpoint, e.g. `tcp://10.0.0.1:54000`.
-    pub interchange: String,
-    /// This manager's name in the manager table; unique per interchange.
-    pub manager_id: String,
-    /// The batch job (block) this manager belongs to, if any.
-    pub block_id: Option<String>,
-    /// Worker slots (see [`slots::plan`]); one worker process each.
-    pub slots: Vec<PlannedSlot>,
-    /// The MPS control program, for GPUs with MPS slots.
-    pub mps_control: PathBuf,
-    /// How MPS memory limits name the device.
-    pub mps_mem_key: MemLimitKey,
-    /// Tasks accepted beyond one per slot, so workers never wait for the network.
-    pub prefetch: usize,
-    /// Tasks a worker may have waiting in its pipe behind the one it runs, while its slot's
-    /// tasks run under a millisecond on average (0: one task at a time).
-    pub pipeline_depth: usize,
-    /// Program and arguments that start a worker (`htex worker`, or a custom worker binary).
-    pub worker_command: Vec<String>,
-    /// Bytes of stdout and of stderr a command task keeps.
-    pub output_limit: usize,
-    /// How long to wait for the interchange to answer the registration.
-    pub connect_timeout: Duration,
-    /// After losing the interchange, keep running tasks and try to register again for this long
-    /// before exiting (zero: exit at once).
-    pub reconnect_timeout: Duration,
-    pub max_frame_bytes: usize,
-    /// How long a drain waits for running tasks before the manager stops anyway.
-    pub drain_timeout: Duration,
-    /// Warm runners every slot hosts, by name.
-    pub runners: std::collections::BTreeMap<String, htex_protocol::RunnerSpec>,
-    /// Answer every task at once without running it (no workers are started), to measure the
-    /// dispatch core alone, as HyperQueue's zero-worker mode does.
-    pub zero_worker: bool,
-    /// How slots are pinned to this node's CPUs (see [`affinity`]).
-    pub cpu_affinity: CpuAffinity,
-    /// CPUs per slot for `block`, `block-reverse` and `alternating` (default: as many as divide
-    /// evenly).
-    pub cores_per_slot: Option<usize>,
-}
-
-impl ManagerConfig {
-    /// Works out each slot's CPUs from `cpu_affinity` and this process's affinity mask (again
-    /// on every call; [`Manager::start`] calls it).
-    pub fn assign_cpus(&mut self) -> Result<(), affinity::AffinityError> {
-        let cpus = match self.cpu_affinity {
-            CpuAffinity::None => vec![Vec::new(); self.slots.len()],
-            _ => affinity::assign(
-                &self.cpu_affinity,
-                &affinity::available_cpus()?,
-                self.slots.len(),
-                self.cores_per_slot,
-            )?,
-        };
-        for (slot, cpus) in self.slots.iter_mut().zip(cpus) {
-            slot.descriptor.cpus = cpus;
-        }
-        Ok(())
-    }
-
-    /// A config with `workers` CPU slots, the stock worker of this executable, and defaults for
-    /// everything else.
-    pub fn new(interchange: impl Into<String>, workers: usize) -> Self {
-        let exe = std::env::current_exe()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "htex".into());
-        ManagerConfig {
-            interchange: interchange.into(),
-            manager_id: format!("{}-{}", hostname(), std::process::id()),
-            block_id: None,
-            slots: cpu_slots(workers),
-            mps_control: PathBuf::from("nvidia-cuda-mps-control"),
-            mps_mem_key: MemLimitKey::default(),
-            prefetch: workers,
-            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
-            worker_command: vec![exe, "worker".into()],
-            output_limit: 1 << 20,
-            connect_timeout: Duration::from_secs(30),
-            reconnect_timeout: Duration::from_secs(60),
-            max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
-            zero_worker: false,
-            drain_timeout: Duration::from_secs(20),
-            runners: Default::default(),
-            cpu_affinity: CpuAffinity::None,
-            cores_per_slot: None,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
-    #[error("cannot connect to the interchange at {endpoint}: {reason}")]
-    Connect { endpoint: String, reason: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Connect(#[from] htex_transport::TransportError),
+    #[error("cannot register with the interchange at {endpoint}: {reason}")]
+    Register { endpoint: String, reason: String },
     #[error("the interchange refused this manager: {0}")]
     Refused(String),
     #[error("the interchange at {0} went silent")]
     InterchangeLost(String),
-    #[error("the manager has no slots; give it at least one worker")]
-    NoSlots,
-    #[error("worker command is empty")]
-    NoWorkerCommand,
     #[error(transparent)]
     Mps(#[from] mps::MpsError),
     #[error(transparent)]
     Affinity(#[from] affinity::AffinityError),
+    /// The manager's event loop panicked (a bug): its workers are gone, and so are its tasks.
+    #[error("the manager crashed: {0}")]
+    Crashed(String),
 }
 
 /// What a manager owns on its node besides worker processes: MPS daemons and each slot's env.
@@ -144,6 +54,7 @@ pub(crate) struct NodeResources {
 
 impl NodeResources {
     /// Starts one MPS daemon per GPU with MPS slots and works out every slot's environment.
+    /// Blocks (the MPS control program runs): call it off the event loop.
     fn prepare(config: &ManagerConfig) -> Result<NodeResources, ManagerError> {
         use htex_protocol::SlotKind;
         let kinds = || config.slots.iter().map(|s| s.descriptor.kind);
@@ -158,15 +69,19 @@ impl NodeResources {
                 mps_gpus.push(uuid);
             }
         }
+        let timeout = config.mps_control_timeout;
         if !mps_gpus.is_empty() {
-            mps::clean_stale(&config.mps_control);
+            mps::ensure_root(&mps::mps_root())?;
+            mps::clean_stale(&config.mps_control, timeout);
         }
         let mut mps_daemons = Vec::new();
         for uuid in &mps_gpus {
+            let dir = mps::private_dir()?;
             mps_daemons.push(mps::MpsDaemon::start(
                 &config.mps_control,
                 uuid,
-                mps::private_dir(),
+                dir,
+                timeout,
             )?);
         }
         let empty_pipe = if kinds().any(|k| matches!(k, SlotKind::Gpu | SlotKind::Mig)) {
@@ -202,28 +117,36 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Connects, registers and starts the workers. Returns once the interchange accepted it.
+    /// Checks the config, starts the node's MPS daemons (off the event loop), connects,
+    /// registers and starts the workers. Returns once the interchange accepted it.
     pub async fn start(mut config: ManagerConfig) -> Result<Manager, ManagerError> {
-        if config.slots.is_empty() {
-            return Err(ManagerError::NoSlots);
-        }
-        if config.worker_command.is_empty() {
-            return Err(ManagerError::NoWorkerCommand);
-        }
+        config.validate()?;
         config.assign_cpus()?;
-        let resources = NodeResources::prepare(&config)?;
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (link, heartbeat) = link::connect(&config, events_tx.clone(), 0).await?;
+        let prepared = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || NodeResources::prepare(&config))
+        };
+        let resources = prepared.await.map_err(crashed)??;
+        let instance = new_instance();
+        let registered = match link::connect(&config, instance, Vec::new()).await {
+            Ok(registered) => registered,
+            Err(error) => {
+                // Its MPS daemons quit (bounded calls, but not on the event loop).
+                let _ = tokio::task::spawn_blocking(move || drop(resources)).await;
+                return Err(error);
+            }
+        };
         tracing::info!(manager = %config.manager_id, slots = config.slots.len(), "manager registered");
         let id = config.manager_id.clone();
-        let task = tokio::spawn(actor::run(
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let start = actor::Start {
             config,
+            instance,
             resources,
-            link,
-            heartbeat,
-            events_tx.clone(),
-            events_rx,
-        ));
+            registered,
+            events_tx: events_tx.clone(),
+        };
+        let task = tokio::spawn(actor::run(start, events_rx));
         Ok(Manager {
             id,
             stop: events_tx,
@@ -246,10 +169,45 @@ impl Manager {
         self.wait().await
     }
 
-    /// Waits until the manager exits (drained, shut down by the interchange, or lost it).
+    /// Waits until the manager exits (drained, shut down by the interchange, or lost it);
+    /// `Crashed` if its event loop panicked.
     pub async fn wait(self) -> Result<(), ManagerError> {
-        self.task.await.unwrap_or(Ok(()))
+        self.task.await.map_err(crashed)?
     }
+}
+
+/// A panicked (or aborted) task as a `Crashed` error, with the panic's message.
+fn crashed(error: tokio::task::JoinError) -> ManagerError {
+    if !error.is_panic() {
+        return ManagerError::Crashed(error.to_string());
+    }
+    let payload = error.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".into());
+    ManagerError::Crashed(message)
+}
+
+/// A random id for this start of a manager: the clock's nanoseconds and the pid, mixed
+/// (splitmix64), and a counter for managers started in one process.
+fn new_instance() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ STARTS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// This host's name.
@@ -275,5 +233,49 @@ impl Stopper {
     /// `drain_timeout`), then exits.
     pub fn drain(&self) {
         let _ = self.0.send(actor::Event::Drain);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_event_loop_is_a_crash_not_a_clean_exit() {
+        async fn broken_loop() -> Result<(), ManagerError> {
+            panic!("the actor's invariant broke")
+        }
+        let (stop, _events) = mpsc::unbounded_channel();
+        let manager = Manager {
+            id: "m".into(),
+            stop,
+            task: tokio::spawn(broken_loop()),
+        };
+        match manager.wait().await {
+            Err(ManagerError::Crashed(message)) => {
+                assert_eq!(message, "the actor's invariant broke")
+            }
+            other => panic!("expected Crashed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn instances_differ_between_starts() {
+        let a = new_instance();
+        let b = new_instance();
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn an_unsound_config_is_refused_before_anything_starts() {
+        let config = ManagerConfig::new("tcp://127.0.0.1:1", 1);
+        let err = Manager::start(config)
+            .await
+            .err()
+            .expect("no worker command");
+        assert!(
+            matches!(err, ManagerError::Config(ConfigError::NoWorkerCommand)),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use htex_protocol::SlotKind;
 use serde::Deserialize;
 
-use crate::slots::PlannedSlot;
+use crate::plan::PlannedSlot;
 
 /// How `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` names the device: by UUID or by ordinal `0` (the only
 /// device an MPS client of a per-GPU daemon sees). See docs/results/gpu-slots.md for which one the
@@ -81,7 +81,7 @@ pub fn slot_env(
         SlotKind::Cpu => {}
     }
     set("HTEX_SLOT_INDEX", d.index.to_string());
-    set("HTEX_SLOT_KIND", format!("{:?}", d.kind).to_lowercase());
+    set("HTEX_SLOT_KIND", d.kind.as_str().to_string());
     let optional = [
         ("HTEX_SLOT_GPU_UUID", d.gpu_uuid.clone()),
         ("HTEX_SLOT_GPU_INDEX", d.gpu_index.map(|v| v.to_string())),

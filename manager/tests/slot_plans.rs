@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use htex_manager::inventory::{simulated::load_inventory, Inventory};
-use htex_manager::slot_env::{slot_env, MemLimitKey};
-use htex_manager::slots::{
+use htex_manager::plan::{
     mps_sm_count, parse_size, plan, PlannedSlot, SlotPlanError, SlotSpec, MAX_MPS_CLIENTS,
 };
+use htex_manager::slot_env::{slot_env, MemLimitKey};
 use htex_protocol::SlotKind;
 
 const GIB: u64 = 1 << 30;

@@ -15,13 +15,16 @@ pub mod slot;
 pub mod stdio;
 pub mod task;
 
-pub use codec::{decode, encode, peek_protocol_version, CodecError, DEFAULT_MAX_FRAME_BYTES};
+pub use codec::{
+    decode, encode, max_item_bytes, peek_batch_ids, peek_protocol_version, BatchEncoder,
+    CodecError, DEFAULT_MAX_FRAME_BYTES, ENVELOPE_BYTES, MIN_MAX_FRAME_BYTES,
+};
 pub use messages::*;
-pub use slot::{ResourceRequest, RunnerSpec, SlotDescriptor, SlotKind, SlotRef};
+pub use slot::{format_cpu_list, ResourceRequest, RunnerSpec, SlotDescriptor, SlotKind, SlotRef};
 pub use task::*;
 
 /// Version of the wire protocol. Peers with another version are refused at hello/registration.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Microseconds since the Unix epoch, the time unit of every timestamp on the wire.
 pub fn now_us() -> u64 {

@@ -11,6 +11,8 @@ pub struct ClientHello {
     pub protocol_version: u32,
     /// A label for logs and `htex status`.
     pub name: String,
+    /// The largest frame this client accepts: result batches to it stay under it.
+    pub max_frame_bytes: u64,
 }
 
 /// Client → interchange.
@@ -35,6 +37,9 @@ pub enum ClientReply {
     Welcome {
         protocol_version: u32,
         interchange: String,
+        /// The largest frame the interchange accepts: submissions stay under it, and a task
+        /// over [`crate::max_item_bytes`] of it cannot be submitted.
+        max_frame_bytes: u64,
     },
     Refused {
         reason: String,
@@ -50,6 +55,21 @@ pub enum ClientReply {
         message: String,
     },
     Heartbeat,
+    /// The `Submit` frame whose first task is `first` was taken: each of its tasks is accepted
+    /// (or already answered, if it was invalid). Every `Submit` frame gets, in order, one
+    /// `Accepted` or one `Busy`; until then the client keeps the frame.
+    Accepted {
+        first: TaskId,
+    },
+    /// The interchange holds as many task bytes as it may (`--max-queued-bytes`): the `Submit`
+    /// frame with these tasks was not taken; send it again after `Resume`. Nothing else about
+    /// its tasks happened.
+    Busy {
+        ids: Vec<TaskId>,
+        reason: String,
+    },
+    /// Room again after `Busy`: submissions may resume.
+    Resume,
 }
 
 /// Requests on the command channel.
@@ -92,6 +112,10 @@ pub struct StatusReport {
     /// Tasks accepted and not yet answered (queued included).
     pub outstanding: u64,
     pub managers: Vec<ManagerStatus>,
+    /// Bytes of the encoded specs of outstanding tasks, which the interchange holds in memory.
+    pub task_bytes: u64,
+    /// Past this many task bytes, submissions wait (`Busy`).
+    pub max_task_bytes: u64,
 }
 
 /// One row of the manager table.
@@ -120,6 +144,23 @@ pub enum ManagerState {
     Draining,
 }
 
+impl ManagerState {
+    /// The state's name as `htex status` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManagerState::Active => "active",
+            ManagerState::Held => "held",
+            ManagerState::Draining => "draining",
+        }
+    }
+}
+
+impl std::fmt::Display for ManagerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A manager's registration: who it is and what slots it offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
@@ -134,6 +175,15 @@ pub struct Registration {
     /// Tasks it accepts beyond one per slot.
     pub prefetch: u32,
     pub pid: u32,
+    /// Random per manager process: a registration with the same id and instance is the same
+    /// manager coming back on a new connection, not another one claiming its id.
+    pub instance: u64,
+    /// Tasks it still holds from before (registering again): running, waiting, or answered with
+    /// the result not yet sent. `Registered` says which of them the interchange no longer
+    /// expects; the others go on and their results count.
+    pub held: Vec<TaskId>,
+    /// The largest frame this manager accepts: task batches to it stay under it.
+    pub max_frame_bytes: u64,
 }
 
 /// Manager → interchange.
@@ -157,6 +207,11 @@ pub enum InterchangeMessage {
     Registered {
         heartbeat_period_ms: u64,
         heartbeat_threshold_ms: u64,
+        /// The largest frame the interchange accepts: result batches stay under it.
+        max_frame_bytes: u64,
+        /// Of the registration's `held` tasks, those the interchange no longer expects from
+        /// this manager (requeued elsewhere, ended, or never known): drop them without a result.
+        orphaned: Vec<TaskId>,
     },
     Refused {
         reason: String,

@@ -83,7 +83,7 @@ pub enum TaskOutput {
     Command(CommandOutput),
 }
 
-/// Why a task did not succeed. Every variant names its cause; see DESIGN §3.
+/// Why a task did not succeed. Every variant names its cause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
     #[error("task failed: {message}")]
@@ -113,6 +113,10 @@ pub enum TaskError {
     GpuFault { detail: String },
     #[error("no connected manager can satisfy the task's resources: {reason}")]
     Unsatisfiable { reason: String },
+    /// The task ran, but its result (value or output, encoded) is larger than a frame may carry
+    /// on the way back; the worker goes on with the next task.
+    #[error("the task's result of {size} bytes exceeds the limit of {limit} bytes per result")]
+    ResultTooLarge { size: u64, limit: u64 },
     /// A warm runner's function raised; `exception` is its type (a Python class name, say).
     #[error("{exception}: {message}")]
     Exception {
@@ -137,6 +141,7 @@ impl TaskError {
             TaskError::GpuFault { .. } => "GpuFault",
             TaskError::Unsatisfiable { .. } => "Unsatisfiable",
             TaskError::Exception { .. } => "Exception",
+            TaskError::ResultTooLarge { .. } => "ResultTooLarge",
         }
     }
 }

@@ -129,6 +129,8 @@ fn task_error() -> impl Strategy<Value = TaskError> {
                 traceback,
             }
         }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(size, limit)| TaskError::ResultTooLarge { size, limit }),
     ]
 }
 
@@ -185,10 +187,12 @@ prop_compose! {
     fn status_report()(
         interchange in text(), protocol_version in any::<u32>(), uptime_ms in any::<u64>(),
         clients in any::<u32>(), queued in any::<u64>(), outstanding in any::<u64>(),
-        managers in vec(manager_status(), 0..3),
+        managers in vec(manager_status(), 0..3), task_bytes in any::<u64>(),
+        max_task_bytes in any::<u64>(),
     ) -> StatusReport {
         StatusReport {
             interchange, protocol_version, uptime_ms, clients, queued, outstanding, managers,
+            task_bytes, max_task_bytes,
         }
     }
 }
@@ -204,8 +208,10 @@ fn command_reply() -> impl Strategy<Value = CommandReply> {
 // ---- Messages, one enum per direction of each link --------------------------------------------
 
 prop_compose! {
-    fn client_hello()(protocol_version in any::<u32>(), name in text()) -> ClientHello {
-        ClientHello { protocol_version, name }
+    fn client_hello()(
+        protocol_version in any::<u32>(), name in text(), max_frame_bytes in any::<u64>(),
+    ) -> ClientHello {
+        ClientHello { protocol_version, name, max_frame_bytes }
     }
 }
 
@@ -225,12 +231,17 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
 
 fn client_reply() -> impl Strategy<Value = ClientReply> {
     prop_oneof![
-        (any::<u32>(), text()).prop_map(|(protocol_version, interchange)| {
-            ClientReply::Welcome {
+        (any::<u32>(), text(), any::<u64>()).prop_map(
+            |(protocol_version, interchange, max_frame_bytes)| ClientReply::Welcome {
                 protocol_version,
                 interchange,
+                max_frame_bytes,
             }
-        }),
+        ),
+        (vec(any::<u64>(), 0..8), text())
+            .prop_map(|(ids, reason)| ClientReply::Busy { ids, reason }),
+        Just(ClientReply::Resume),
+        any::<u64>().prop_map(|first| ClientReply::Accepted { first }),
         text().prop_map(|reason| ClientReply::Refused { reason }),
         vec(task_result(), 0..3).prop_map(ClientReply::Results),
         (any::<u64>(), command_reply())
@@ -244,10 +255,12 @@ prop_compose! {
     fn registration()(
         protocol_version in any::<u32>(), manager_id in text(), hostname in text(),
         block_id in maybe(text()), version in text(), slots in vec(slot_descriptor(), 0..4),
-        prefetch in any::<u32>(), pid in any::<u32>(),
+        prefetch in any::<u32>(), pid in any::<u32>(), instance in any::<u64>(),
+        held in vec(any::<u64>(), 0..8), max_frame_bytes in any::<u64>(),
     ) -> Registration {
         Registration {
             protocol_version, manager_id, hostname, block_id, version, slots, prefetch, pid,
+            instance, held, max_frame_bytes,
         }
     }
 }
@@ -264,12 +277,22 @@ fn manager_message() -> impl Strategy<Value = ManagerMessage> {
 
 fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
     prop_oneof![
-        (any::<u64>(), any::<u64>()).prop_map(|(heartbeat_period_ms, heartbeat_threshold_ms)| {
-            InterchangeMessage::Registered {
-                heartbeat_period_ms,
-                heartbeat_threshold_ms,
-            }
-        }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            vec(any::<u64>(), 0..8)
+        )
+            .prop_map(
+                |(heartbeat_period_ms, heartbeat_threshold_ms, max_frame_bytes, orphaned)| {
+                    InterchangeMessage::Registered {
+                        heartbeat_period_ms,
+                        heartbeat_threshold_ms,
+                        max_frame_bytes,
+                        orphaned,
+                    }
+                }
+            ),
         text().prop_map(|reason| InterchangeMessage::Refused { reason }),
         vec(task_spec(), 0..3).prop_map(|specs| InterchangeMessage::Tasks(
             specs
@@ -352,12 +375,62 @@ proptest! {
         prop_assert_eq!(decoded, specs);
     }
 
+    /// Packing by bytes: every item travels exactly once, in order, in frames under the limit,
+    /// unless it could not fit a frame alone, and only then is it refused.
+    #[test]
+    fn batches_carry_every_item_that_fits_once(
+        sizes in vec(prop_oneof![0usize..64, 0usize..3000, 2900usize..3200], 0..40),
+    ) {
+        let limit = 3000;
+        let mut batch = BatchEncoder::new(&ManagerMessage::Results(Vec::new()), limit).unwrap();
+        let result = |id: usize, size: usize| TaskResult {
+            id: id as u64,
+            outcome: Ok(TaskOutput::Value(vec![1; size])),
+            timings: Timings::default(),
+            slot: None,
+            attempts: 1,
+        };
+        let (mut frames, mut refused) = (Vec::new(), Vec::new());
+        for (id, &size) in sizes.iter().enumerate() {
+            match batch.push(&result(id, size)) {
+                Ok(closed) => frames.extend(closed),
+                Err(CodecError::ItemTooLarge { .. }) => refused.push(id),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        frames.extend(batch.finish());
+        let mut carried = Vec::new();
+        for frame in &frames {
+            prop_assert!(frame.len() <= limit);
+            let ManagerMessage::Results(results) = decode(frame, limit).unwrap() else {
+                panic!("not a result batch")
+            };
+            prop_assert!(!results.is_empty());
+            for r in results {
+                let Ok(TaskOutput::Value(v)) = &r.outcome else { panic!() };
+                prop_assert_eq!(v.len(), sizes[r.id as usize]);
+                carried.push(r.id as usize);
+            }
+        }
+        for &id in &refused {
+            let alone = encode(&result(id, sizes[id])).unwrap();
+            prop_assert!(alone.len() > batch.item_limit(), "item {} fits alone but was refused", id);
+        }
+        let mut all: Vec<usize> = carried.iter().chain(&refused).copied().collect();
+        all.sort();
+        prop_assert_eq!(all, (0..sizes.len()).collect::<Vec<_>>());
+        let mut in_order = carried.clone();
+        in_order.sort();
+        prop_assert_eq!(carried, in_order);
+    }
+
     #[test]
     fn random_bytes_decode_without_panicking(frame in vec(any::<u8>(), 0..256)) {
         let _ = decode::<ClientRequest>(&frame, DEFAULT_MAX_FRAME_BYTES);
         let _ = decode::<ManagerMessage>(&frame, DEFAULT_MAX_FRAME_BYTES);
         let _ = decode::<WorkerReply>(&frame, DEFAULT_MAX_FRAME_BYTES);
         let _ = peek_protocol_version(&frame);
+        let _ = peek_batch_ids(&frame);
     }
 
     #[test]

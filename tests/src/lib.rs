@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use htex::LocalCluster;
 use htex_client::{Client, ClientConfig};
 use htex_interchange::InterchangeConfig;
+use htex_local::LocalCluster;
 use htex_manager::ManagerConfig;
 
 /// The test worker binary (`src/bin/htex-test-worker.rs`). Only usable from this package's
@@ -45,9 +45,8 @@ impl TestCluster {
         init_logging();
         let worker = worker.to_string();
         let cluster = LocalCluster::start_with(interchange, managers, |i, endpoint| {
-            let mut config = ManagerConfig::new(endpoint, workers);
+            let mut config = ManagerConfig::with_worker(endpoint, workers, [worker.clone()]);
             config.manager_id = format!("test-{i}");
-            config.worker_command = vec![worker.clone()];
             adjust(&mut config);
             config
         })
@@ -78,7 +77,7 @@ impl TestCluster {
 
     pub async fn stop(mut self) {
         if let Some(cluster) = self.cluster.take() {
-            cluster.stop().await;
+            cluster.stop().await.expect("the interchange did not crash");
         }
     }
 
@@ -96,6 +95,17 @@ impl Drop for TestCluster {
     }
 }
 
+/// A test that cannot run here says why and passes, unless `HTEX_REQUIRE` (a comma-separated
+/// list, e.g. `python,netns,cpus2`, as CI sets it) names what it needs: then it fails, so a
+/// machine that lost a capability cannot turn a test green by skipping it.
+pub fn skip_unless_required(requirement: &str, why: &str) {
+    let required = std::env::var("HTEX_REQUIRE").unwrap_or_default();
+    if required.split(',').any(|r| r.trim() == requirement) {
+        panic!("HTEX_REQUIRE names `{requirement}`, but this test cannot run: {why}");
+    }
+    println!("skipped (set HTEX_REQUIRE={requirement} to make this a failure): {why}");
+}
+
 /// Waits until `check` passes or `timeout` elapses; returns whether it passed.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -108,7 +118,23 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     check()
 }
 
-fn init_logging() {
+/// The pids of the `slots` workers serving now: as many calls of the test worker's
+/// `sleep_then_pid`, each holding a slot for a moment, run at once, one per worker.
+pub async fn worker_pids(client: &Client, slots: usize) -> std::collections::HashSet<u32> {
+    let calls = (0..slots).map(|_| {
+        client
+            .call::<_, u32>("sleep_then_pid", &300u64)
+            .expect("a u64 encodes")
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|pid| pid.expect("the pid call succeeds"))
+        .collect()
+}
+
+/// Logs of the code under test, at `RUST_LOG` (default `warn`), through the test harness.
+pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()

@@ -38,6 +38,9 @@ fn registration(version: u32) -> Registration {
         slots: vec![SlotDescriptor::cpu(0)],
         prefetch: 0,
         pid: 1,
+        instance: 1,
+        held: vec![],
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
     }
 }
 

@@ -15,10 +15,8 @@ const PROBE: &str = "grep Cpus_allowed_list /proc/self/status | cut -f2; \
 async fn workers_and_their_commands_run_on_their_slot_cpus() {
     let available = available_cpus().unwrap();
     if available.len() < 2 {
-        eprintln!(
-            "SKIPPED: needs 2 CPUs, this process may use {}",
-            available.len()
-        );
+        let why = format!("needs 2 CPUs, this process may use {}", available.len());
+        htex_tests::skip_unless_required("cpus2", &why);
         return;
     }
     // Two slots, one CPU each, taken from the end of the list.
@@ -61,7 +59,7 @@ async fn workers_and_their_commands_run_on_their_slot_cpus() {
 #[tokio::test]
 async fn impossible_affinity_is_refused_before_start() {
     let available = available_cpus().unwrap();
-    let mut config = ManagerConfig::new("tcp://127.0.0.1:1", 2);
+    let mut config = ManagerConfig::with_worker("tcp://127.0.0.1:1", 2, [test_worker!()]);
     config.cpu_affinity = CpuAffinity::Block;
     config.cores_per_slot = Some(available.len());
     let Err(err) = Manager::start(config).await else {
@@ -73,7 +71,7 @@ async fn impossible_affinity_is_refused_before_start() {
     assert_eq!(*needed, 2 * available.len());
     assert!(err.to_string().contains("need"), "{err}");
 
-    let mut config = ManagerConfig::new("tcp://127.0.0.1:1", 1);
+    let mut config = ManagerConfig::with_worker("tcp://127.0.0.1:1", 1, [test_worker!()]);
     config.cpu_affinity = CpuAffinity::List(vec![vec![available[0]], vec![available[0]]]);
     let Err(err) = Manager::start(config).await else {
         panic!("a list with two entries for one slot was accepted");

@@ -176,6 +176,9 @@ fn registration(protocol_version: u32, manager_id: String) -> Registration {
         slots,
         prefetch,
         pid,
+        instance: 1,
+        held: vec![],
+        max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES as u64,
     }
 }
 
@@ -283,6 +286,7 @@ fn hello(protocol_version: u32, name: String) -> ClientRequest {
     ClientRequest::Hello(ClientHello {
         protocol_version,
         name,
+        max_frame_bytes: LIMIT as u64,
     })
 }
 
@@ -293,9 +297,11 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
     send(&mut member, &hello(PV, "fuzz".into())).await;
     let (mut wants, mut registered) = ([vec![], vec![], vec![]], [false, false, true]);
     // The member's due replies: results by task id (`true`: BadRequest), command replies by
-    // request id (`true`: Status), Welcomes.
+    // request id (`true`: Status), Welcomes, and one `Accepted` per Submit frame (by its first
+    // task).
     let (mut results, mut commands) = (HashMap::<TaskId, Vec<bool>>::new(), HashMap::new());
     let (mut welcomes, mut next_id) = (1, 1);
+    let mut accepts: Vec<TaskId> = Vec::new();
     for op in ops {
         match op {
             Op::Frames(to, frames) => {
@@ -331,6 +337,7 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
                     let bad = valid.get(i) != Some(&true);
                     results.entry(s.id).or_default().push(bad);
                 }
+                accepts.push(specs[0].id);
                 send(&mut member, &ClientRequest::Submit(specs)).await;
             }
             Op::Cancel(ids) => send(&mut member, &ClientRequest::Cancel(ids)).await,
@@ -375,13 +382,20 @@ async fn run_case(w: &mut World, ops: Vec<Op>) {
     }
     w.replies += register_fake(&mut w.fake, std::mem::take(&mut wants[2])).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(results.is_empty() && commands.is_empty() && welcomes == 0) {
-        let missing = format!("{results:?}, commands {commands:?}, {welcomes} Welcomes");
+    while !(results.is_empty() && commands.is_empty() && welcomes == 0 && accepts.is_empty()) {
+        let missing = format!(
+            "{results:?}, commands {commands:?}, {welcomes} Welcomes, Accepted for {accepts:?}"
+        );
         assert!(Instant::now() < deadline, "the member is missing {missing}");
         let frame = reply(&mut member).await;
         match decode::<ClientReply>(&frame, LIMIT).unwrap() {
             ClientReply::Welcome { .. } if welcomes > 0 => welcomes -= 1,
             ClientReply::Heartbeat => {}
+            ClientReply::Accepted { first } => {
+                // In the order the frames were sent.
+                assert_eq!(accepts.first(), Some(&first), "Accepted out of order");
+                accepts.remove(0);
+            }
             ClientReply::Results(batch) => {
                 for r in batch {
                     let bad = matches!(r.outcome, Err(TaskError::BadRequest { .. }));

@@ -308,7 +308,8 @@ async fn a_missing_mps_control_program_is_a_clear_error() {
     let interchange = htex_interchange::Interchange::start(InterchangeConfig::default())
         .await
         .unwrap();
-    let mut config = ManagerConfig::new(interchange.manager_endpoint(), 1);
+    let mut config =
+        ManagerConfig::with_worker(interchange.manager_endpoint(), 1, [test_worker!()]);
     config.slots = slots;
     config.mps_control = PathBuf::from("/nonexistent/nvidia-cuda-mps-control");
     let err = htex_manager::Manager::start(config)
@@ -320,7 +321,10 @@ async fn a_missing_mps_control_program_is_a_clear_error() {
         message.contains("nvidia-cuda-mps-control") && message.contains("--mps-control"),
         "{message}"
     );
-    interchange.shutdown().await;
+    interchange
+        .shutdown()
+        .await
+        .expect("the interchange did not crash");
 }
 
 /// Starts a cluster with three MPS slots on the simulated H100 and the stand-in control program;

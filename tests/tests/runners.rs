@@ -27,7 +27,10 @@ fn python() -> Option<String> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        println!("skipped: `{python}` with the msgpack package is needed for warm runners");
+        htex_tests::skip_unless_required(
+            "python",
+            &format!("`{python}` with the msgpack package is needed for warm runners"),
+        );
     }
     ok.then_some(python)
 }

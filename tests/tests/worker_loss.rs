@@ -1,23 +1,24 @@
 //! `kill -9` of a worker process mid-task: that task ends with `WorkerLost`, the worker is
 //! restarted, and later tasks run.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use htex_client::{Task, TaskError};
-use htex_tests::{eventually, test_worker, TestCluster};
+use htex_tests::{eventually, test_worker, worker_pids, TestCluster};
+
+/// The pid a `pid_then_sleep` task wrote (whole: the worker renames it into place).
+fn read_pid(pid_file: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
 
 /// Waits for a `pid_then_sleep` task to write its worker's pid, then `kill -9`s that worker.
 async fn kill_worker_once_started(pid_file: &std::path::Path) -> i32 {
     assert!(
-        eventually(Duration::from_secs(10), || pid_file.exists()).await,
+        eventually(Duration::from_secs(10), || read_pid(pid_file).is_some()).await,
         "the long task never started"
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let pid: i32 = std::fs::read_to_string(pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(pid_file).unwrap();
     // SAFETY: the pid belongs to a worker process this test's manager started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     pid
@@ -27,6 +28,8 @@ async fn kill_worker_once_started(pid_file: &std::path::Path) -> i32 {
 async fn killed_worker_loses_its_task_and_is_restarted() {
     let cluster = TestCluster::start(test_worker!(), 1, 2).await;
     let client = cluster.client().await;
+    let before = worker_pids(&client, 2).await;
+    assert_eq!(before.len(), 2, "two workers serve: {before:?}");
     let dir = std::env::temp_dir().join(format!("htex-worker-loss-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pid_file = dir.join("pid");
@@ -50,14 +53,22 @@ async fn killed_worker_loses_its_task_and_is_restarted() {
         other => panic!("expected WorkerLost, got {other:?}"),
     }
 
-    // Later tasks run, and both slots serve again (one of them by a new process).
-    let pids: Vec<u32> =
-        futures::future::join_all((0..40).map(|_| client.call::<_, u32>("pid", &()).unwrap()))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-    assert!(!pids.contains(&(pid as u32)), "the killed worker answered");
+    // Later tasks run, and both slots serve again: the survivor and a new process.
+    assert!(before.contains(&(pid as u32)));
+    let survivor = *before.iter().find(|&&p| p != pid as u32).unwrap();
+    let mut after = HashSet::new();
+    for _ in 0..20 {
+        after = worker_pids(&client, 2).await;
+        if after.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(after.len(), 2, "both slots serve again: {after:?}");
+    assert!(!after.contains(&(pid as u32)), "the killed worker answered");
+    assert!(
+        after.contains(&survivor),
+        "the other worker was restarted too: {after:?}"
+    );
     let status = client.status().await.unwrap();
     assert_eq!(status.outstanding, 0);
     std::fs::remove_dir_all(&dir).ok();

@@ -131,8 +131,10 @@ impl RunnerPool {
                 error: Some(raised),
                 ..
             }) => Err(exception(raised, "")),
-            Ok(other) => Err(TaskError::BadRequest {
-                message: format!("runner `{name}` answered {other:?}"),
+            Ok(_) => Err(TaskError::BadRequest {
+                message: format!(
+                    "runner `{name}` answered `{function}` with neither a value nor an error"
+                ),
             }),
             Err(e) => Err(self.lost(name, &format!("after sending a bad frame ({e})"))),
         }

@@ -78,6 +78,8 @@ pub enum InventoryError {
     Nvml { call: &'static str, reason: String },
     #[error("cannot read the simulated inventory {path}: {reason}")]
     Simulated { path: String, reason: String },
+    #[error("NVML reports no GPU on this node")]
+    NoGpu,
 }
 
 /// A MIG device slot as NVML answers `nvmlDeviceGetMigDeviceHandleByIndex`.

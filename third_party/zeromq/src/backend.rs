@@ -23,12 +23,32 @@ const PEER_SEND_QUEUE_CAPACITY: usize = 100_000;
 
 pub(crate) struct Peer {
     pub(crate) send_queue: mpsc::Sender<Message>,
+    /// Bytes queued for this peer and not yet written to its connection (htex patch).
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
 }
 
 #[derive(Clone)]
 struct SinglePeer {
     peer_id: PeerIdentity,
     send_queue: mpsc::Sender<Message>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// Why [`GenericSocketBackend::try_send_to_peer`] did not queue a message (htex patch).
+#[derive(Debug)]
+pub enum TrySendError {
+    /// No connected peer has this identity (it never connected, or it left).
+    UnknownPeer,
+    /// The peer's queue holds as many messages as it may; nothing was queued.
+    Full,
+}
+
+/// The bytes of a message's frames.
+pub(crate) fn message_bytes(message: &Message) -> usize {
+    match message {
+        Message::Message(m) => m.iter().map(|frame| frame.len()).sum(),
+        _ => 0,
+    }
 }
 
 enum CachedSend {
@@ -36,6 +56,7 @@ enum CachedSend {
     Full {
         peer_id: PeerIdentity,
         send_queue: mpsc::Sender<Message>,
+        queued_bytes: Arc<AtomicUsize>,
         message: Message,
     },
     Disconnected {
@@ -132,10 +153,13 @@ impl GenericSocketBackend {
                     }
                 },
             };
-            let send_result = match self.peers.get_async(&next_peer_id).await {
-                Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
-                None => continue,
+            // The sender is cloned out of the map entry before any await: holding the entry
+            // (a bucket lock) across an await would block `peer_disconnected`'s removal, and
+            // with it a runtime thread (htex patch).
+            let Some((mut send_queue, queued_bytes)) = self.peer_sender(&next_peer_id) else {
+                continue;
             };
+            let send_result = send_to_peer_queue(&mut send_queue, &queued_bytes, message).await;
             return match send_result {
                 Ok(()) => {
                     self.round_robin.push(next_peer_id);
@@ -162,15 +186,59 @@ impl GenericSocketBackend {
             SendResolution::Miss(message) => message,
         };
 
-        let send_result = match self.peers.get_async(peer_id).await {
-            Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
-            None => return Err(ZmqError::Other("Destination client not found by identity")),
+        let Some((mut send_queue, queued_bytes)) = self.peer_sender(peer_id) else {
+            return Err(ZmqError::Other("Destination client not found by identity"));
         };
-        match send_result {
+        match send_to_peer_queue(&mut send_queue, &queued_bytes, message).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.peer_disconnected(peer_id);
                 Err(e.into())
+            }
+        }
+    }
+
+    /// A peer's sender and byte counter, cloned out of the map so that no bucket lock is held
+    /// while the caller sends.
+    fn peer_sender(
+        &self,
+        peer_id: &PeerIdentity,
+    ) -> Option<(mpsc::Sender<Message>, Arc<AtomicUsize>)> {
+        self.peers
+            .read_sync(peer_id, |_, peer| {
+                (peer.send_queue.clone(), peer.queued_bytes.clone())
+            })
+    }
+
+    /// Bytes queued for a peer and not yet written to its connection; `None` for an unknown
+    /// peer (htex patch).
+    pub(crate) fn queued_bytes(&self, peer_id: &PeerIdentity) -> Option<usize> {
+        self.peers
+            .read_sync(peer_id, |_, peer| peer.queued_bytes.load(Ordering::Acquire))
+    }
+
+    /// Queues a message for one peer without waiting: returns the bytes then queued for it
+    /// (this message included), which the caller may hold against a budget. (htex patch.)
+    pub(crate) fn try_send_to_peer(
+        &self,
+        peer_id: &PeerIdentity,
+        message: Message,
+    ) -> Result<usize, TrySendError> {
+        let Some((mut send_queue, queued_bytes)) = self.peer_sender(peer_id) else {
+            return Err(TrySendError::UnknownPeer);
+        };
+        let size = message_bytes(&message);
+        queued_bytes.fetch_add(size, Ordering::AcqRel);
+        match send_queue.try_send(message) {
+            Ok(()) => Ok(queued_bytes.load(Ordering::Acquire)),
+            Err(error) => {
+                queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                if error.is_full() {
+                    Err(TrySendError::Full)
+                } else {
+                    self.peer_disconnected(peer_id);
+                    Err(TrySendError::UnknownPeer)
+                }
             }
         }
     }
@@ -195,17 +263,26 @@ impl GenericSocketBackend {
             }
         }
 
+        let size = message_bytes(&message);
+        single_peer.queued_bytes.fetch_add(size, Ordering::AcqRel);
         match single_peer.send_queue.try_send(message) {
             Ok(()) => CachedSend::Sent,
-            Err(error) if error.is_full() => CachedSend::Full {
-                peer_id: single_peer.peer_id.clone(),
-                send_queue: single_peer.send_queue.clone(),
-                message: error.into_inner(),
-            },
-            Err(error) => CachedSend::Disconnected {
-                peer_id: single_peer.peer_id.clone(),
-                error: error.into_send_error(),
-            },
+            Err(error) => {
+                single_peer.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+                if error.is_full() {
+                    CachedSend::Full {
+                        peer_id: single_peer.peer_id.clone(),
+                        send_queue: single_peer.send_queue.clone(),
+                        queued_bytes: single_peer.queued_bytes.clone(),
+                        message: error.into_inner(),
+                    }
+                } else {
+                    CachedSend::Disconnected {
+                        peer_id: single_peer.peer_id.clone(),
+                        error: error.into_send_error(),
+                    }
+                }
+            }
         }
     }
 
@@ -215,8 +292,9 @@ impl GenericSocketBackend {
             CachedSend::Full {
                 peer_id,
                 mut send_queue,
+                queued_bytes,
                 message,
-            } => match send_queue.send(message).await {
+            } => match send_to_peer_queue(&mut send_queue, &queued_bytes, message).await {
                 Ok(()) => Ok(SendResolution::Sent),
                 Err(e) => {
                     self.peer_disconnected(&peer_id);
@@ -240,6 +318,7 @@ impl GenericSocketBackend {
             *single_peer = self.peers.begin_sync().map(|peer| SinglePeer {
                 peer_id: peer.key().clone(),
                 send_queue: peer.send_queue.clone(),
+                queued_bytes: peer.queued_bytes.clone(),
             });
         } else {
             *single_peer = None;
@@ -249,13 +328,20 @@ impl GenericSocketBackend {
 
 async fn send_to_peer_queue(
     send_queue: &mut mpsc::Sender<Message>,
+    queued_bytes: &AtomicUsize,
     message: Message,
 ) -> Result<(), mpsc::SendError> {
-    match send_queue.try_send(message) {
+    let size = message_bytes(&message);
+    queued_bytes.fetch_add(size, Ordering::AcqRel);
+    let sent = match send_queue.try_send(message) {
         Ok(()) => Ok(()),
         Err(error) if error.is_full() => send_queue.send(error.into_inner()).await,
         Err(error) => Err(error.into_send_error()),
+    };
+    if sent.is_err() {
+        queued_bytes.fetch_sub(size, Ordering::AcqRel);
     }
+    sent
 }
 
 impl SocketBackend for GenericSocketBackend {
@@ -288,11 +374,13 @@ impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         self.peers
             .upsert_async(
                 peer_id.clone(),
                 Peer {
                     send_queue: queue_sender,
+                    queued_bytes: queued_bytes.clone(),
                 },
             )
             .await;
@@ -300,7 +388,8 @@ impl MultiPeerBackend for GenericSocketBackend {
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue).await {
+            if let Err(error) = write_message_queue(queue_receiver, send_queue, Some(queued_bytes)).await
+            {
                 log::debug!(
                     "Error sending message to peer {:?}: {:?}",
                     writer_peer_id,
@@ -369,7 +458,13 @@ mod tests {
         let (send_queue, recv_queue) = mpsc::channel(8);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(
+                peer_id.clone(),
+                Peer {
+                    send_queue,
+                    queued_bytes: Default::default(),
+                },
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -453,7 +548,13 @@ mod tests {
             .expect("prefill peer queue");
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(
+                peer_id.clone(),
+                Peer {
+                    send_queue,
+                    queued_bytes: Default::default(),
+                },
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
@@ -484,7 +585,13 @@ mod tests {
         drop(recv_queue);
         backend
             .peers
-            .upsert_async(peer_id.clone(), Peer { send_queue })
+            .upsert_async(
+                peer_id.clone(),
+                Peer {
+                    send_queue,
+                    queued_bytes: Default::default(),
+                },
+            )
             .await;
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());

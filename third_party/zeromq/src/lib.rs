@@ -71,7 +71,13 @@ pub mod __bench {
                 let (send_queue, recv_queue) = mpsc::channel(queue_capacity);
                 backend
                     .peers
-                    .upsert_async(peer_id.clone(), Peer { send_queue })
+                    .upsert_async(
+                        peer_id.clone(),
+                        Peer {
+                            send_queue,
+                            queued_bytes: Default::default(),
+                        },
+                    )
                     .await;
                 backend.round_robin.push(peer_id);
                 receivers.push(recv_queue);
@@ -192,10 +198,11 @@ pub mod __bench {
         W: AsyncWrite + Unpin + Send + Sync + 'static,
     {
         let send_queue = ZmqFramedWrite::new(Box::new(writer), ZmqCodec::new());
-        write_message_queue(receiver, send_queue).await
+        write_message_queue(receiver, send_queue, None).await
     }
 }
 
+pub use crate::backend::TrySendError;
 pub use crate::dealer::*;
 pub use crate::endpoint::{Endpoint, Host, Transport, TryIntoEndpoint};
 pub use crate::error::{ZmqError, ZmqResult};
@@ -357,6 +364,9 @@ pub struct SocketOptions {
     /// is reserved for it. (htex patch: without it a peer can make the process abort by
     /// announcing a frame of terabytes.)
     pub(crate) max_frame_size: Option<usize>,
+    /// Whether `connect` tries again while nothing listens at the endpoint (connection
+    /// refused), until the connect timeout; `false` reports it at once (htex patch).
+    pub(crate) retry_refused: bool,
 }
 
 impl Default for SocketOptions {
@@ -368,6 +378,7 @@ impl Default for SocketOptions {
             read_buffer_max_size: 64 * 1024,
             read_buffer_short_reads: 2,
             max_frame_size: None,
+            retry_refused: true,
         }
     }
 }
@@ -428,6 +439,13 @@ impl SocketOptions {
     /// before anything is allocated for it.
     pub fn max_frame_size(&mut self, max: usize) -> &mut Self {
         self.max_frame_size = Some(max);
+        self
+    }
+
+    /// Whether `connect` keeps trying while the endpoint refuses connections (the default), or
+    /// reports the refusal at once.
+    pub fn retry_refused_connections(&mut self, retry: bool) -> &mut Self {
+        self.retry_refused = retry;
         self
     }
 

@@ -167,6 +167,44 @@ pub struct RouterRecvHalf {
     fair_queue: FairQueue<ZmqFramedRead, PeerIdentity>,
 }
 
+impl RouterSendHalf {
+    /// Queues `message` for the peer named `peer` without waiting, and returns the bytes then
+    /// queued for that peer and not yet written to its connection: a caller that must never
+    /// wait on one slow peer holds that against a budget (htex patch).
+    pub fn try_send_to(
+        &self,
+        peer: &bytes::Bytes,
+        message: ZmqMessage,
+    ) -> Result<usize, crate::backend::TrySendError> {
+        if peer.is_empty() {
+            return Err(crate::backend::TrySendError::UnknownPeer);
+        }
+        let peer_id = PeerIdentity::try_from(peer.clone())
+            .map_err(|_| crate::backend::TrySendError::UnknownPeer)?;
+        self.inner
+            .backend
+            .try_send_to_peer(&peer_id, Message::Message(message))
+    }
+
+    /// Bytes queued for the peer named `peer` and not yet written to its connection; `None`
+    /// once it is gone (htex patch).
+    pub fn queued_bytes(&self, peer: &bytes::Bytes) -> Option<usize> {
+        let peer_id = PeerIdentity::try_from(peer.clone()).ok().filter(|_| !peer.is_empty())?;
+        self.inner.backend.queued_bytes(&peer_id)
+    }
+
+    /// Drops the connection of the peer named `peer`, and whatever is queued for it (htex
+    /// patch).
+    pub fn disconnect(&self, peer: &bytes::Bytes) {
+        if peer.is_empty() {
+            return;
+        }
+        if let Ok(peer_id) = PeerIdentity::try_from(peer.clone()) {
+            self.inner.backend.peer_disconnected(&peer_id);
+        }
+    }
+}
+
 #[async_trait]
 impl SocketSend for RouterSendHalf {
     async fn send(&mut self, mut message: ZmqMessage) -> ZmqResult<()> {

@@ -1,17 +1,25 @@
+use crate::backend::message_bytes;
 use crate::codec::{CodecResult, Message, ZmqFramedWrite};
 
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 const WRITE_BATCH_LIMIT: usize = 128;
 
 /// Writes queued socket messages into the underlying framed sink in small batches.
 #[inline]
+/// `queued_bytes`, if given, counts what waits in the queue; bytes leave it once written to
+/// the transport (htex patch).
 pub(crate) async fn write_message_queue(
     mut queue_receiver: mpsc::Receiver<Message>,
     mut send_queue: ZmqFramedWrite,
+    queued_bytes: Option<Arc<AtomicUsize>>,
 ) -> CodecResult<()> {
     while let Some(message) = queue_receiver.next().await {
+        let mut written = message_bytes(&message);
         // When backlog already exists, feed a batch before flushing once to avoid per-message flush cost during bursts.
         send_queue.feed(message).await?;
 
@@ -20,10 +28,14 @@ pub(crate) async fn write_message_queue(
                 Ok(message) => message,
                 Err(_) => break,
             };
+            written += message_bytes(&message);
             send_queue.feed(message).await?;
         }
 
         send_queue.flush().await?;
+        if let Some(queued_bytes) = &queued_bytes {
+            queued_bytes.fetch_sub(written, Ordering::AcqRel);
+        }
     }
 
     Ok(())
@@ -122,7 +134,7 @@ mod tests {
         };
         let send_queue = ZmqFramedWrite::new(Box::new(writer), ZmqCodec::new());
 
-        write_message_queue(receiver, send_queue)
+        write_message_queue(receiver, send_queue, None)
             .await
             .expect("write queued messages");
 
@@ -144,7 +156,7 @@ mod tests {
         drop(sender);
 
         let send_queue = ZmqFramedWrite::new(Box::new(FailingWrite), ZmqCodec::new());
-        let error = write_message_queue(receiver, send_queue)
+        let error = write_message_queue(receiver, send_queue, None)
             .await
             .expect_err("write error");
 

@@ -1,5 +1,5 @@
 //! An embedded cluster: an interchange on loopback and managers in this process, each with real
-//! worker processes. `htex run` uses it, and so do the tests.
+//! worker processes. `htex run` uses it, and so do the end-to-end tests.
 
 use htex_interchange::{Interchange, InterchangeConfig, InterchangeError};
 use htex_manager::{Manager, ManagerConfig, ManagerError};
@@ -13,6 +13,14 @@ pub enum LocalClusterError {
     Manager(#[from] ManagerError),
 }
 
+/// `htex worker` of this executable.
+fn this_executable_worker() -> Vec<String> {
+    let exe = std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "htex".into());
+    vec![exe, "worker".into()]
+}
+
 /// An interchange and its managers, all in this process.
 pub struct LocalCluster {
     interchange: Interchange,
@@ -21,18 +29,18 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// `managers` managers with `workers` CPU slots each; `worker_command` starts a worker (the
-    /// default runs this executable's `htex worker`).
+    /// default runs this executable's `htex worker`, as `htex run` needs).
     pub async fn start(
         managers: usize,
         workers: usize,
         worker_command: Option<Vec<String>>,
     ) -> Result<LocalCluster, LocalClusterError> {
         Self::start_with(InterchangeConfig::default(), managers, |i, endpoint| {
-            let mut config = ManagerConfig::new(endpoint, workers);
+            let command = worker_command
+                .clone()
+                .unwrap_or_else(this_executable_worker);
+            let mut config = ManagerConfig::with_worker(endpoint, workers, command);
             config.manager_id = format!("local-{i}");
-            if let Some(command) = &worker_command {
-                config.worker_command = command.clone();
-            }
             config
         })
         .await
@@ -67,13 +75,15 @@ impl LocalCluster {
         self.interchange.manager_endpoint()
     }
 
-    /// Stops the managers (killing their workers), then the interchange.
-    pub async fn stop(self) {
+    /// Stops the managers (killing their workers), then the interchange; an error if the
+    /// interchange had crashed.
+    pub async fn stop(self) -> Result<(), LocalClusterError> {
         for manager in self.managers {
             if let Err(e) = manager.stop().await {
                 tracing::debug!("manager ended with: {e}");
             }
         }
-        self.interchange.shutdown().await;
+        self.interchange.shutdown().await?;
+        Ok(())
     }
 }

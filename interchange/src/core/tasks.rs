@@ -1,0 +1,220 @@
+//! A task's life in the interchange: accepted into its class's queue, dispatched to a manager,
+//! put back when that manager is lost or drains, and ended exactly once, by a manager's result
+//! (`complete`) or by the interchange itself (`finish`). These are the only functions that add or
+//! remove tasks or change their state, and they keep the counters (`queued`, `task_bytes`) true.
+
+use htex_protocol::{
+    max_item_bytes, EncodedTask, InterchangeMessage, TaskError, TaskKind, TaskResult, TaskSpec,
+};
+
+use super::{Core, Effects, Now, Side};
+use crate::records::{ClientKey, GlobalId, ManagerKey, TaskRecord, TaskState};
+
+impl Core {
+    /// Takes a submitted task into its class's queue, or says why it cannot run at all.
+    pub(super) fn accept(
+        &mut self,
+        client: ClientKey,
+        mut spec: TaskSpec,
+        now: Now,
+    ) -> Result<(), TaskError> {
+        let bad = |message: String| TaskError::BadRequest { message };
+        let record = self
+            .clients
+            .get(client)
+            .expect("the caller checked the client");
+        if record.tasks.contains_key(&spec.id) {
+            return Err(bad(format!(
+                "task id {} is already outstanding for this client",
+                spec.id
+            )));
+        }
+        if let Some(why) = invalid(&spec) {
+            return Err(bad(why));
+        }
+        let gid = self.tasks.next_id();
+        let client_task_id = spec.id;
+        spec.id = gid;
+        let task =
+            EncodedTask::encode(&spec).map_err(|e| bad(format!("cannot encode the task: {e}")))?;
+        let limit = max_item_bytes(self.config.max_frame_bytes);
+        if task.0.len() > limit {
+            return Err(bad(format!(
+                "the task is {} bytes encoded, over the limit of {limit} bytes per task \
+                 (--max-frame-bytes {})",
+                task.0.len(),
+                self.config.max_frame_bytes
+            )));
+        }
+        let class = self.classes.intern(&spec.resources);
+        self.classes.queue_task(class, spec.priority, gid);
+        self.clients
+            .get_mut(client)
+            .expect("checked above")
+            .tasks
+            .insert(client_task_id, gid);
+        self.task_bytes += task.0.len();
+        self.queued += 1;
+        self.tasks.insert(
+            gid,
+            TaskRecord {
+                client,
+                client_task_id,
+                task,
+                class,
+                priority: spec.priority,
+                max_retries: spec.max_retries,
+                submitted_us: spec.submitted_us,
+                state: TaskState::Queued,
+                received_us: now.epoch_us,
+                dispatched_us: 0,
+                losses: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends a task with `Cancelled`: at once when it is not on a manager, else through the
+    /// manager, whose answer is the task's one result.
+    pub(super) fn cancel(&mut self, gid: GlobalId, reason: &str) {
+        let Some(record) = self.tasks.get(&gid) else {
+            return;
+        };
+        if let TaskState::Dispatched { manager } = record.state {
+            if self.managers.get(manager).is_some() {
+                self.cancels.entry(manager).or_default().push(gid);
+                return;
+            }
+        }
+        self.finish(
+            gid,
+            TaskError::Cancelled {
+                reason: reason.to_string(),
+            },
+        );
+    }
+
+    /// Marks a queued task as sent to `manager` (which records it), and returns its spec.
+    pub(super) fn dispatch_to(
+        &mut self,
+        gid: GlobalId,
+        manager: ManagerKey,
+        now: Now,
+    ) -> Option<EncodedTask> {
+        let record = self.tasks.get_mut(&gid)?;
+        debug_assert_eq!(record.state, TaskState::Queued);
+        record.state = TaskState::Dispatched { manager };
+        record.dispatched_us = now.epoch_us;
+        self.queued -= 1;
+        let request = &self.classes.get(record.class).request;
+        self.managers
+            .get_mut(manager)
+            .expect("the caller chose a registered manager")
+            .take(gid, request, record.task.0.len());
+        Some(record.task.clone())
+    }
+
+    /// Puts a dispatched task back in its queue: its manager was lost (`lost`: counted against
+    /// its retries, and past them it ends `ManagerLost`) or gave it back unstarted.
+    pub(super) fn requeue(&mut self, gid: GlobalId, lost: Option<&str>) {
+        let Some(record) = self.tasks.get_mut(&gid) else {
+            return;
+        };
+        let TaskState::Dispatched { manager } = record.state else {
+            return;
+        };
+        if let Some(m) = self.managers.get_mut(manager) {
+            m.release(gid, record.task.0.len());
+        }
+        if let Some(manager) = lost {
+            record.losses += 1;
+            if record.losses > record.max_retries {
+                let manager = manager.to_string();
+                self.finish(gid, TaskError::ManagerLost { manager });
+                return;
+            }
+        }
+        record.state = TaskState::Queued;
+        self.queued += 1;
+        self.classes.queue_task(record.class, record.priority, gid);
+    }
+
+    /// Records a manager's result; results for tasks it does not hold are duplicates.
+    pub(super) fn complete(&mut self, manager: ManagerKey, mut result: TaskResult) {
+        let gid = result.id;
+        let holds =
+            self.tasks.get(&gid).map(|t| t.state) == Some(TaskState::Dispatched { manager });
+        if !holds {
+            tracing::debug!(task = gid, "dropping a duplicate or unknown result");
+            return;
+        }
+        let record = self.remove(gid).expect("checked above");
+        result.id = record.client_task_id;
+        result.timings.submitted_us = record.submitted_us;
+        result.timings.received_us = record.received_us;
+        result.timings.dispatched_us = record.dispatched_us;
+        result.attempts = record.losses + 1;
+        self.deliver(record.client, result);
+    }
+
+    /// Ends a task that is not on a manager (or whose manager is gone) with an error.
+    pub(super) fn finish(&mut self, gid: GlobalId, error: TaskError) {
+        let Some(record) = self.remove(gid) else {
+            return;
+        };
+        let mut result = TaskResult::error(record.client_task_id, error);
+        result.timings.submitted_us = record.submitted_us;
+        result.timings.received_us = record.received_us;
+        result.attempts = record.losses;
+        self.deliver(record.client, result);
+    }
+
+    /// Takes a task out of every table (its queue entry, if any, is skipped when met).
+    fn remove(&mut self, gid: GlobalId) -> Option<TaskRecord> {
+        let record = self.tasks.remove(&gid)?;
+        match record.state {
+            TaskState::Queued => self.queued -= 1,
+            TaskState::Dispatched { manager } => {
+                if let Some(m) = self.managers.get_mut(manager) {
+                    m.release(gid, record.bytes());
+                }
+            }
+        }
+        self.task_bytes -= record.bytes();
+        self.classes.task_ended(record.class);
+        if let Some(client) = self.clients.get_mut(record.client) {
+            client.tasks.remove(&record.client_task_id);
+        }
+        Some(record)
+    }
+
+    /// Cancels for tasks on managers go out, one frame per manager.
+    pub(super) fn flush_cancels(&mut self, out: &mut Effects) {
+        for (key, gids) in std::mem::take(&mut self.cancels) {
+            if let Some(manager) = self.managers.get(key) {
+                out.send(
+                    Side::Manager,
+                    &manager.peer,
+                    &InterchangeMessage::Cancel(gids),
+                );
+            }
+        }
+    }
+}
+
+/// Why a task can never run, checked when it is submitted.
+fn invalid(spec: &TaskSpec) -> Option<String> {
+    match &spec.kind {
+        TaskKind::Command(c) if c.argv.is_empty() => {
+            return Some("command has an empty argv".into())
+        }
+        TaskKind::Function { name, .. } if name.is_empty() => {
+            return Some("function name is empty".into())
+        }
+        TaskKind::Call { runner, .. } if runner.is_empty() => {
+            return Some("runner name is empty".into())
+        }
+        _ => {}
+    }
+    spec.resources.impossible()
+}

@@ -1,0 +1,297 @@
+//! The interchange's I/O shell: reader tasks decode frames from the two ROUTER sockets into
+//! inputs, and one loop applies them to the core in bursts, then applies the core's effects.
+//! Nothing here waits on one peer: frames are queued to each peer without waiting, a peer whose
+//! queue stays over its budget is reported to the core as stalled (and dropped), and the loop
+//! runs the core's tick on time however busy the sockets are.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use htex_protocol::{
+    decode, peek_batch_ids, peek_protocol_version, ClientRequest, CodecError, ManagerMessage,
+};
+use htex_transport::{RouterRecvHalf, RouterSendHalf, SocketRecv, TrySendError, ZmqMessage};
+use tokio::sync::mpsc;
+
+use crate::core::{BadFrame, Core, Effect, Effects, Incoming, Input, Now, Side};
+
+/// Most inputs applied between two flushes.
+const EVENT_BURST: usize = 4096;
+
+/// Decoded frames that may wait for the loop; beyond this the readers stop reading and TCP
+/// pushes back on the senders, instead of decoded batches piling up in memory.
+pub(crate) const INCOMING_QUEUE: usize = 64;
+
+/// An input and the bytes of the frame it came in.
+pub(crate) type Inbound = (Input, usize);
+
+/// The send halves of both sockets.
+pub(crate) struct Routers {
+    pub clients: RouterSendHalf,
+    pub managers: RouterSendHalf,
+}
+
+impl Routers {
+    fn side(&self, side: Side) -> &RouterSendHalf {
+        match side {
+            Side::Client => &self.clients,
+            Side::Manager => &self.managers,
+        }
+    }
+}
+
+/// What the loop needs besides the core.
+pub(crate) struct ShellConfig {
+    pub tick: Duration,
+    pub max_frame_bytes: usize,
+    /// Bytes queued for one peer past which it counts as not reading.
+    pub backlog_budget: usize,
+    /// How long a peer may stay over its budget before it is dropped (twice the budget
+    /// drops it at once).
+    pub backlog_grace: Duration,
+}
+
+/// Reads one ROUTER and feeds its frames, decoded, to the loop.
+pub(crate) fn spawn_reader(
+    side: Side,
+    mut recv: RouterRecvHalf,
+    limit: usize,
+    inputs: mpsc::Sender<Inbound>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let message = match recv.recv().await {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::debug!("{side:?} socket receive ended: {e}");
+                    break;
+                }
+            };
+            let mut frames = message.into_vec();
+            let peer = frames.remove(0);
+            let bytes = frames.iter().map(Bytes::len).sum();
+            let frame = if frames.len() == 1 {
+                Ok(frames.pop().unwrap_or_default())
+            } else {
+                Err(BadFrame {
+                    reason: format!("expected one frame per message, got {}", frames.len()),
+                    claimed_version: None,
+                    oversize: None,
+                })
+            };
+            let input = match side {
+                Side::Client => Input::Client {
+                    peer,
+                    message: decode_frame::<ClientRequest>(frame, limit),
+                },
+                Side::Manager => Input::Manager {
+                    peer,
+                    message: decode_frame::<ManagerMessage>(frame, limit),
+                },
+            };
+            if inputs.send((input, bytes)).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn decode_frame<T: serde::de::DeserializeOwned>(
+    frame: Result<Bytes, BadFrame>,
+    limit: usize,
+) -> Incoming<T> {
+    let frame = frame?;
+    decode::<T>(&frame, limit).map_err(|e| BadFrame {
+        oversize: match e {
+            CodecError::TooLarge { size, .. } => {
+                Some((size, peek_batch_ids(&frame).unwrap_or_default()))
+            }
+            _ => None,
+        },
+        reason: e.to_string(),
+        claimed_version: peek_protocol_version(&frame),
+    })
+}
+
+pub(crate) async fn run(
+    mut core: Core,
+    routers: Routers,
+    config: ShellConfig,
+    mut inputs: mpsc::Receiver<Inbound>,
+    mut stop: mpsc::UnboundedReceiver<()>,
+) {
+    let mut out = Effects::default();
+    let mut backlog = Backlog::default();
+    let mut next_tick = tokio::time::Instant::now() + config.tick;
+    let (mut inputs_open, mut stop_open) = (true, true);
+    while !core.stopped() {
+        let first = tokio::select! {
+            input = inputs.recv(), if inputs_open => match input {
+                Some(input) => Some(input),
+                None => { inputs_open = false; None }
+            },
+            stopped = stop.recv(), if stop_open => match stopped {
+                Some(()) => Some((Input::Stop, 0)),
+                None => { stop_open = false; None }
+            },
+            _ = tokio::time::sleep_until(next_tick) => None,
+        };
+        if let Some(first) = first {
+            burst(&mut core, first, &mut inputs, &mut stop, &config, &mut out);
+        }
+        if tokio::time::Instant::now() >= next_tick {
+            // On time however busy the sockets are: a burst ends after EVENT_BURST inputs.
+            core.apply(Now::read(), Input::Tick, &mut out);
+            next_tick = tokio::time::Instant::now() + config.tick;
+            backlog.check(&routers, &config, &mut core, &mut out);
+        }
+        let queued = apply_effects(&routers, &mut core, &mut out, &mut backlog, &config);
+        if queued >= config.max_frame_bytes.min(1 << 20) {
+            // Let the connections' writers put big frames on the wire before more pile up.
+            tokio::task::yield_now().await;
+        }
+        if !inputs_open && !stop_open {
+            break;
+        }
+    }
+    // zmq.rs gives no way to wait for queued frames to reach the wire: give them a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!("interchange stopped");
+}
+
+/// Applies `first` and whatever else already waits (up to a burst, or a frame limit's worth of
+/// bytes), then flushes: under load one flush serves many inputs, and a lone input is served
+/// at once.
+fn burst(
+    core: &mut Core,
+    first: Inbound,
+    inputs: &mut mpsc::Receiver<Inbound>,
+    stop: &mut mpsc::UnboundedReceiver<()>,
+    config: &ShellConfig,
+    out: &mut Effects,
+) {
+    let (mut input, mut bytes) = first;
+    let mut handled = 0;
+    loop {
+        core.apply(Now::read(), input, out);
+        handled += 1;
+        if core.stopped() || handled >= EVENT_BURST || bytes >= config.max_frame_bytes {
+            break;
+        }
+        let next = match stop.try_recv() {
+            Ok(()) => Ok((Input::Stop, 0)),
+            Err(_) => inputs.try_recv(),
+        };
+        match next {
+            Ok((next, size)) => {
+                input = next;
+                bytes += size;
+            }
+            Err(_) => break,
+        }
+    }
+    core.apply(Now::read(), Input::Flush, out);
+}
+
+/// Queues every frame the core sent, without waiting; returns the bytes queued. A peer over
+/// twice its budget is stalled at once, one over its budget is watched.
+fn apply_effects(
+    routers: &Routers,
+    core: &mut Core,
+    out: &mut Effects,
+    backlog: &mut Backlog,
+    config: &ShellConfig,
+) -> usize {
+    let mut queued_total = 0;
+    // Stalling a peer makes effects of its own (a drop, cancels): applied in the next pass.
+    while !out.0.is_empty() {
+        let mut stalled: Vec<(Side, Bytes, usize)> = Vec::new();
+        for effect in std::mem::take(&mut out.0) {
+            match effect {
+                Effect::Send { side, peer, frame } => {
+                    queued_total += frame.len();
+                    let message = ZmqMessage::from(frame);
+                    match routers.side(side).try_send_to(&peer, message) {
+                        Ok(queued) if queued > config.backlog_budget.saturating_mul(2) => {
+                            stalled.push((side, peer, queued))
+                        }
+                        Ok(queued) if queued > config.backlog_budget => backlog.watch(side, peer),
+                        Ok(_) => {}
+                        Err(TrySendError::Full) => stalled.push((side, peer, usize::MAX)),
+                        Err(TrySendError::UnknownPeer) => {
+                            tracing::debug!("a {side:?} peer left before its frame went out")
+                        }
+                    }
+                }
+                Effect::Disconnect { side, peer } => {
+                    backlog.forget(side, &peer);
+                    routers.side(side).disconnect(&peer);
+                }
+                Effect::Stopped => {}
+            }
+        }
+        for (side, peer, _) in &stalled {
+            backlog.forget(*side, peer);
+        }
+        report_stalled(core, stalled, out);
+    }
+    queued_total
+}
+
+/// Tells the core about peers that stopped reading, each once.
+fn report_stalled(core: &mut Core, stalled: Vec<(Side, Bytes, usize)>, out: &mut Effects) {
+    let mut seen = std::collections::HashSet::new();
+    for (side, peer, queued_bytes) in stalled {
+        if seen.insert((side, peer.clone())) {
+            let input = Input::Stalled {
+                side,
+                peer,
+                queued_bytes,
+            };
+            core.apply(Now::read(), input, out);
+        }
+    }
+}
+
+/// Peers whose queue went over the budget, and since when.
+#[derive(Default)]
+struct Backlog {
+    over: HashMap<(Side, Bytes), Instant>,
+}
+
+impl Backlog {
+    fn watch(&mut self, side: Side, peer: Bytes) {
+        self.over.entry((side, peer)).or_insert_with(Instant::now);
+    }
+
+    fn forget(&mut self, side: Side, peer: &Bytes) {
+        self.over.remove(&(side, peer.clone()));
+    }
+
+    /// Peers back under the budget are forgotten; those over it for the grace are stalled.
+    fn check(
+        &mut self,
+        routers: &Routers,
+        config: &ShellConfig,
+        core: &mut Core,
+        out: &mut Effects,
+    ) {
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        self.over.retain(
+            |(side, peer), since| match routers.side(*side).queued_bytes(peer) {
+                Some(queued) if queued > config.backlog_budget => {
+                    if now.duration_since(*since) >= config.backlog_grace {
+                        stalled.push((*side, peer.clone(), queued));
+                        false
+                    } else {
+                        true
+                    }
+                }
+                _ => false,
+            },
+        );
+        report_stalled(core, stalled, out);
+    }
+}
