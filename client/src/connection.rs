@@ -3,7 +3,7 @@
 //! routes results to their handles, and a watchdog for a silent interchange.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use htex_protocol::{
     MIN_MAX_FRAME_BYTES, PROTOCOL_VERSION,
 };
 use htex_transport::{
-    connect_dealer, normalize_endpoint, DealerRecvHalf, DealerSendHalf, NetConfig, SocketRecv,
-    SocketSend, WhenRefused, ZmqMessage,
+    connect_dealer, normalize_endpoint, DealerRecvHalf, DealerSendHalf, NetConfig, Security,
+    SocketRecv, SocketSend, WhenRefused, ZmqMessage,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,6 +36,11 @@ pub struct ClientConfig {
     /// The largest frame this client sends or accepts; the interchange's own limit, if smaller,
     /// applies. A task larger than [`htex_protocol::max_item_bytes`] of it ends `BadRequest`.
     pub max_frame_bytes: usize,
+    /// CURVE: the interchange's public key file (`server.key`); with [`Self::key`].
+    pub server_key: Option<std::path::PathBuf>,
+    /// CURVE: this client's own `.key_secret` file (its public key must be in the
+    /// interchange's `clients/` allow-list).
+    pub key: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +50,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             heartbeat_threshold: Duration::from_secs(10),
             max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
+            server_key: None,
+            key: None,
         }
     }
 }
@@ -104,6 +111,8 @@ struct Shared {
     stray_results: AtomicU64,
     /// Set once the connection failed; later submissions fail with it.
     failure: Mutex<Option<ClientError>>,
+    /// Whether `failure` is set: read on every submit without taking the lock.
+    failed: AtomicBool,
 }
 
 impl Shared {
@@ -113,6 +122,9 @@ impl Shared {
             .lock()
             .expect("not poisoned")
             .get_or_insert(error.clone());
+        // SeqCst pairs with `submit`: either it sees the flag after inserting its handle, or
+        // the sweep below sees the handle.
+        self.failed.store(true, Ordering::SeqCst);
         let ids: Vec<TaskId> = self.pending.iter().map(|e| *e.key()).collect();
         for id in ids {
             if let Some((_, tx)) = self.pending.remove(&id) {
@@ -123,6 +135,9 @@ impl Shared {
     }
 
     fn failure(&self) -> Option<ClientError> {
+        if !self.failed.load(Ordering::SeqCst) {
+            return None;
+        }
         self.failure.lock().expect("not poisoned").clone()
     }
 
@@ -155,9 +170,12 @@ impl Client {
             endpoint: endpoint.clone(),
             reason,
         };
+        let security = Security::client(config.server_key.as_deref(), config.key.as_deref())
+            .map_err(|e| ClientError::Config(e.to_string()))?;
         let net = NetConfig {
             max_frame_bytes: config.max_frame_bytes,
             connect_timeout: config.connect_timeout,
+            security,
         };
         let (mut send, mut recv) = connect_dealer(&endpoint, &net, WhenRefused::Fail)
             .await
@@ -206,6 +224,7 @@ impl Client {
             next_request: AtomicU64::new(1),
             stray_results: AtomicU64::new(0),
             failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
         });
         let sender = Sender::new(send, limit, shared.clone());
         tokio::spawn(sender.run(outgoing_rx));
@@ -403,8 +422,10 @@ impl Sender {
                         return;
                     }
                     Outgoing::Accepted(first) => {
+                        // Cumulative: this frame and every one sent before it were taken
+                        // (those refused left `in_flight` when their `Busy` came).
                         if let Some(at) = self.in_flight.iter().position(|f| f.first == first) {
-                            self.in_flight.remove(at);
+                            self.in_flight.drain(..=at);
                         }
                     }
                     Outgoing::Busy(first) => {

@@ -52,6 +52,13 @@ pub struct BenchArgs {
     /// e.g. `300M`) and never reads them: the interchange must drop it and serve the run on.
     #[arg(long, value_parser = crate::common::parse_bytes)]
     stalled_client: Option<usize>,
+    /// The interchange's cap on queued task bytes (`htex interchange --max-queued-bytes`); with
+    /// `--queue-first`, the queue fills up to it and the rest of the submission waits.
+    #[arg(long, value_parser = crate::common::parse_bytes)]
+    max_queued_bytes: Option<usize>,
+    /// CURVE on every link: keys are made for the run (server, a client, a manager).
+    #[arg(long)]
+    encrypted: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -129,17 +136,33 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.tasks == 0 || args.managers == 0 || args.workers == 0 || args.window == 0 {
         bail!("--tasks, --managers, --workers and --window must be at least 1");
     }
+    if args.encrypted && args.stalled_client.is_some() {
+        bail!("--stalled-client speaks plaintext; run it without --encrypted");
+    }
     let dir = std::env::temp_dir().join(format!("htex-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let addresses = dir.join("addresses.json");
-    let interchange = spawn(
-        "interchange",
-        &[
-            "interchange".into(),
-            "--addresses-file".into(),
-            path(&addresses),
-        ],
-    )?;
+    let mut iargs = vec![
+        "interchange".to_string(),
+        "--addresses-file".into(),
+        path(&addresses),
+    ];
+    if let Some(bytes) = args.max_queued_bytes {
+        iargs.extend(["--max-queued-bytes".into(), bytes.to_string()]);
+    }
+    let keys = dir.join("keys");
+    if args.encrypted {
+        use htex_transport::keys::keygen;
+        keygen(&keys, "server")?;
+        for (name, list) in [("bench-client", "clients"), ("bench-manager", "managers")] {
+            let (public, _) = keygen(&dir.join("own"), name)?;
+            std::fs::create_dir_all(keys.join(list))?;
+            std::fs::copy(&public, keys.join(list).join(format!("{name}.key")))?;
+        }
+        iargs.extend(["--keys".into(), path(&keys)]);
+    }
+    let own = |name: &str| path(&dir.join("own").join(format!("{name}.key_secret")));
+    let interchange = spawn("interchange", &iargs)?;
     let endpoints = wait_for_addresses(&addresses).await?;
     let manager_port = endpoints["manager"]
         .as_str()
@@ -173,10 +196,22 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         if args.zero_worker {
             margs.push("--zero-worker".into());
         }
+        if args.encrypted {
+            margs.extend([
+                "--server-key".into(),
+                path(&keys.join("server.key")),
+                "--key".into(),
+                own("bench-manager"),
+            ]);
+        }
         managers.push(spawn(&format!("manager-{i}"), &margs)?);
     }
     let config = ClientConfig {
         name: "bench".into(),
+        server_key: args.encrypted.then(|| keys.join("server.key")),
+        key: args
+            .encrypted
+            .then(|| dir.join("own/bench-client.key_secret")),
         ..ClientConfig::default()
     };
     let client = Client::connect_with(&client_endpoint, config).await?;
@@ -188,7 +223,19 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     futures::future::join_all(warmup).await;
 
     let stalled = match args.stalled_client {
-        Some(bytes) => Some(stalled_client(&client_endpoint, bytes).await?),
+        Some(bytes) => {
+            let stalled = stalled_client(&client_endpoint, bytes).await?;
+            // Its tasks run before the timed run does, so the run measures a client that does
+            // not read, not the work of its tasks.
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while client.status().await?.outstanding > 0 {
+                if Instant::now() > deadline {
+                    bail!("the stalled client's tasks did not finish within 300 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(stalled)
+        }
         None => None,
     };
     let mut args = args;
@@ -236,6 +283,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "batch": args.batch,
         "window": args.window,
         "zero_worker": args.zero_worker,
+        "encrypted": args.encrypted,
         "queue_first": args.queue_first,
         "queued": queued,
         "payload": payload,
@@ -274,6 +322,7 @@ async fn stalled_client(
     let net = htex_transport::NetConfig {
         max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
         connect_timeout: Duration::from_secs(10),
+        security: Default::default(),
     };
     let (mut send, recv) =
         htex_transport::connect_dealer(endpoint, &net, htex_transport::WhenRefused::Fail).await?;
@@ -305,8 +354,6 @@ async fn stalled_client(
         next += batch.len() as u64;
         send.send(frame(&ClientRequest::Submit(batch))?).await?;
     }
-    // Its tasks start (and their results pile up) before the timed run does.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     Ok((send, recv))
 }
 
@@ -436,11 +483,20 @@ async fn queue_first(
         let at = Instant::now();
         in_flight.push(async move { (handle.await, at) });
     }
+    // Every task queued, or the queue full: its byte cap reached and the count still for a second
+    // (the rest of the submission waits at the client for the interchange's Resume).
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    let mut last = (0, Instant::now());
+    let status = loop {
         let status = client.status().await?;
         if status.queued >= args.tasks as u64 {
-            break;
+            break status;
+        }
+        let full = status.task_bytes >= status.max_task_bytes;
+        if status.queued != last.0 {
+            last = (status.queued, Instant::now());
+        } else if full && last.1.elapsed() > Duration::from_secs(1) {
+            break status;
         }
         if Instant::now() > deadline {
             bail!(
@@ -450,9 +506,12 @@ async fn queue_first(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     let queued = json!({
-        "tasks": args.tasks,
+        "tasks": status.queued,
+        "submitted": args.tasks,
+        "task_bytes": status.task_bytes,
+        "max_task_bytes": status.max_task_bytes,
         "submit_s": (submit_started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         "interchange_rss_mb": interchange.rss_now_mb(),
     });

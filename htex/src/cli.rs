@@ -57,6 +57,14 @@ enum Commands {
         #[command(flatten)]
         target: InterchangeAddress,
     },
+    /// Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (mode 0600), in
+    /// ZeroMQ's certificate format. Existing files are never overwritten.
+    Keygen {
+        /// Where to write them (made, mode 0700, if missing).
+        dir: PathBuf,
+        /// `server` for the interchange's own pair; any name for a client or manager.
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -96,11 +104,27 @@ struct InterchangeAddress {
     /// Interchange client port.
     #[arg(long)]
     port: u16,
+    /// CURVE: the interchange's public key (`server.key`), with --key.
+    #[arg(long, value_name = "FILE")]
+    server_key: Option<PathBuf>,
+    /// CURVE: this client's own secret key file (`NAME.key_secret`, mode 0600); its public key
+    /// must be in the interchange's `clients/` directory.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 impl InterchangeAddress {
     fn endpoint(&self) -> String {
         format!("tcp://{}:{}", self.interchange, self.port)
+    }
+
+    async fn connect(&self) -> Result<Client, htex_client::ClientError> {
+        let config = htex_client::ClientConfig {
+            server_key: self.server_key.clone(),
+            key: self.key.clone(),
+            ..htex_client::ClientConfig::default()
+        };
+        Client::connect_with(&self.endpoint(), config).await
     }
 }
 
@@ -132,6 +156,14 @@ struct InterchangeArgs {
     /// wait (default: a quarter of this machine's memory).
     #[arg(long, value_parser = parse_bytes)]
     max_queued_bytes: Option<usize>,
+    /// CURVE keys: DIR/server.key_secret, and the public keys allowed in DIR/clients/*.key
+    /// (client port) and DIR/managers/*.key (manager port). Removing a file revokes its key.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
+    /// Listen in plaintext on a non-loopback address (refused otherwise): anyone who reaches
+    /// the ports can submit tasks or pose as a manager.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Args)]
@@ -206,8 +238,14 @@ async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
         Commands::Manager(args) => crate::manager_cmd::manager(*args).await,
         Commands::Status(args) => status(args).await,
         Commands::Bench(args) => crate::bench::bench(args).await,
+        Commands::Keygen { dir, name } => {
+            let (public, secret) = htex_transport::keys::keygen(&dir, &name)?;
+            println!("public key: {}", public.display());
+            println!("secret key: {} (keep it private)", secret.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Drain { target, manager } => {
-            let client = Client::connect(&target.endpoint()).await?;
+            let client = target.connect().await?;
             client
                 .command(Command::Drain {
                     manager: manager.clone(),
@@ -217,7 +255,7 @@ async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Shutdown { target } => {
-            let client = Client::connect(&target.endpoint()).await?;
+            let client = target.connect().await?;
             client.command(Command::Shutdown).await?;
             println!("interchange shutting down");
             Ok(ExitCode::SUCCESS)
@@ -260,7 +298,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let tasks = read_task_file(&args.tasks)?;
-    let client = Client::connect(&args.target.endpoint()).await?;
+    let client = args.target.connect().await?;
     let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
     client.close().await;
     outcome
@@ -292,6 +330,8 @@ async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
         heartbeat_period: seconds("heartbeat-period", args.heartbeat_period)?,
         heartbeat_threshold: seconds("heartbeat-threshold", args.heartbeat_threshold)?,
         addresses_file: args.addresses_file,
+        keys: args.keys,
+        insecure: args.insecure,
         ..InterchangeConfig::default()
     };
     if let Some(bytes) = args.max_frame_bytes {
@@ -315,7 +355,7 @@ async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(&args.target.endpoint()).await?;
+    let client = args.target.connect().await?;
     let report = client.status().await?;
     client.close().await;
     if args.json {
@@ -343,6 +383,15 @@ fn print_status(report: &StatusReport) {
         report.task_bytes as f64 / (1u64 << 20) as f64,
         report.max_task_bytes as f64 / (1u64 << 20) as f64,
     );
+    match report.security.as_str() {
+        "curve" => println!("links: CURVE, encrypted and authenticated"),
+        "" => {}
+        other if other.contains("insecure") => println!(
+            "WARNING: links are {other}: anyone who reaches the ports can submit tasks or pose \
+             as a manager"
+        ),
+        other => println!("links: {other}"),
+    }
     for m in &report.managers {
         println!(
             "manager {} on {} ({}): {}/{} tasks, {} slot(s), heard from {} ms ago",

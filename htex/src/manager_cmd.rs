@@ -104,6 +104,13 @@ pub struct ManagerArgs {
     /// Answer tasks without running them (benchmarks the dispatch core; no workers start).
     #[arg(long)]
     zero_worker: bool,
+    /// CURVE: the interchange's public key (`server.key`), with --key.
+    #[arg(long, value_name = "FILE")]
+    server_key: Option<PathBuf>,
+    /// CURVE: this manager's own secret key file (`NAME.key_secret`, mode 0600); its public key
+    /// must be in the interchange's `managers/` directory.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 impl ManagerArgs {
@@ -137,6 +144,8 @@ impl ManagerArgs {
             cpu_affinity: self.cpu_affinity.clone(),
             cores_per_slot: self.cores_per_slot,
             zero_worker: self.zero_worker,
+            server_key: self.server_key.clone(),
+            key: self.key.clone(),
         }
     }
 }

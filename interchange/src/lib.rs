@@ -20,10 +20,11 @@ mod shell;
 mod task_table;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use htex_protocol::MIN_MAX_FRAME_BYTES;
-use htex_transport::{NetConfig, TransportError};
+use htex_transport::{AllowList, NetConfig, Security, TransportError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -53,6 +54,11 @@ pub struct InterchangeConfig {
     pub max_peer_backlog_bytes: usize,
     /// Write the bound endpoints to this file (JSON) once listening.
     pub addresses_file: Option<PathBuf>,
+    /// CURVE keys: `DIR/server.key_secret` (the interchange's pair), and the allow-lists
+    /// `DIR/clients/*.key` (client port) and `DIR/managers/*.key` (manager port).
+    pub keys: Option<PathBuf>,
+    /// Plaintext on a non-loopback address, which is otherwise refused.
+    pub insecure: bool,
 }
 
 impl Default for InterchangeConfig {
@@ -69,6 +75,8 @@ impl Default for InterchangeConfig {
             manager_window_bytes: 4 * frame,
             max_peer_backlog_bytes: 4 * frame,
             addresses_file: None,
+            keys: None,
+            insecure: false,
         }
     }
 }
@@ -149,6 +157,95 @@ pub enum InterchangeError {
     },
     #[error("the interchange crashed: {0}")]
     Crashed(String),
+    #[error(
+        "refusing to listen on {endpoint} without encryption: anyone who reaches it could run \
+         commands as you. Make keys (`htex keygen KEYS server`, a key per client in \
+         KEYS/clients and per manager in KEYS/managers) and pass `--keys KEYS`, or pass \
+         `--insecure` on a network you trust"
+    )]
+    Insecure { endpoint: String },
+    #[error("the interchange's keys: {0}")]
+    Keys(#[from] htex_transport::KeyError),
+    #[error(
+        "the key {fingerprint} is in both {clients} and {managers}: a client could register as \
+         a manager and a manager could submit; give each role its own key"
+    )]
+    KeyOnBothLists {
+        fingerprint: String,
+        clients: String,
+        managers: String,
+    },
+}
+
+/// Whether an endpoint is reachable only from this machine (loopback TCP or IPC).
+pub fn is_local_endpoint(endpoint: &str) -> bool {
+    let endpoint = htex_transport::normalize_endpoint(endpoint);
+    let Some(rest) = endpoint.strip_prefix("tcp://") else {
+        return endpoint.starts_with("ipc://") || endpoint.starts_with("inproc://");
+    };
+    let host = match rest.rsplit_once(':') {
+        Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => rest,
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How each port is secured, from `--keys` (or the lack of it, where that is allowed).
+fn port_security(
+    config: &InterchangeConfig,
+) -> Result<(Security, Security, &'static str), InterchangeError> {
+    let Some(dir) = &config.keys else {
+        let open = [&config.client_bind, &config.manager_bind]
+            .into_iter()
+            .find(|e| !is_local_endpoint(e));
+        return match (open, config.insecure) {
+            (Some(endpoint), false) => Err(InterchangeError::Insecure {
+                endpoint: endpoint.clone(),
+            }),
+            (Some(endpoint), true) => {
+                tracing::warn!(
+                    "--insecure: {endpoint} is not encrypted and lets anyone who reaches it \
+                     submit tasks or pose as a manager"
+                );
+                Ok((Security::Plain, Security::Plain, "plaintext (--insecure)"))
+            }
+            (None, _) => Ok((Security::Plain, Security::Plain, "plaintext (loopback)")),
+        };
+    };
+    let keys = htex_transport::keys::load_secret(&dir.join("server.key_secret"))?;
+    let clients = Arc::new(AllowList::open(&dir.join("clients"))?);
+    let managers = Arc::new(AllowList::open(&dir.join("managers"))?);
+    let on_both = clients
+        .keys()?
+        .intersection(&managers.keys()?)
+        .next()
+        .copied();
+    if let Some(key) = on_both {
+        return Err(InterchangeError::KeyOnBothLists {
+            fingerprint: key.fingerprint(),
+            clients: clients.dir().display().to_string(),
+            managers: managers.dir().display().to_string(),
+        });
+    }
+    tracing::info!(
+        server_key = %keys.public.fingerprint(),
+        "CURVE on both ports; clients from {}, managers from {}",
+        clients.dir().display(),
+        managers.dir().display()
+    );
+    let server = |allowed, port| Security::Server {
+        keys: keys.clone(),
+        allowed,
+        port,
+    };
+    Ok((
+        server(clients, "client"),
+        server(managers, "manager"),
+        "curve",
+    ))
 }
 
 /// A running interchange.
@@ -163,15 +260,17 @@ impl Interchange {
     /// Checks the config, binds both ports and starts serving.
     pub async fn start(config: InterchangeConfig) -> Result<Interchange, InterchangeError> {
         config.validate()?;
-        let net = NetConfig {
+        let (client_security, manager_security, security) = port_security(&config)?;
+        let net = |security| NetConfig {
             max_frame_bytes: config.max_frame_bytes,
             connect_timeout: config.heartbeat_threshold,
+            security,
         };
         let bind = |what| move |source| InterchangeError::Bind { what, source };
-        let clients = htex_transport::bind_router(&config.client_bind, &net)
+        let clients = htex_transport::bind_router(&config.client_bind, &net(client_security))
             .await
             .map_err(bind("client"))?;
-        let managers = htex_transport::bind_router(&config.manager_bind, &net)
+        let managers = htex_transport::bind_router(&config.manager_bind, &net(manager_security))
             .await
             .map_err(bind("manager"))?;
         let client_endpoint = clients.endpoint.clone();
@@ -201,7 +300,7 @@ impl Interchange {
             managers: managers.send,
         };
         let (stop, stop_rx) = mpsc::unbounded_channel();
-        let core = core::Core::new(config, core::Now::read());
+        let core = core::Core::new(config, security, core::Now::read());
         let task = tokio::spawn(shell::run(core, routers, shell_config, inputs_rx, stop_rx));
         Ok(Interchange {
             client_endpoint,

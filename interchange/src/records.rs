@@ -35,12 +35,18 @@ impl std::hash::Hasher for IdHasher {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
     fn finish(&self) -> u64 {
         self.0
     }
 }
 
 pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A map keyed by one of the interchange's own small integer keys (clients, managers).
+pub(crate) type KeyMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 pub(crate) type IdSet = HashSet<u64, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// Where a task is.

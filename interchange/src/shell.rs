@@ -207,7 +207,22 @@ fn apply_effects(
     // Stalling a peer makes effects of its own (a drop, cancels): applied in the next pass.
     while !out.0.is_empty() {
         let mut stalled: Vec<(Side, Bytes, usize)> = Vec::new();
-        for effect in std::mem::take(&mut out.0) {
+        // Frames to managers go first: they start work, while the clients' frames (Accepted,
+        // results) can wait the few microseconds a write takes. Each side keeps its order.
+        let (managers, clients): (Vec<Effect>, Vec<Effect>) =
+            std::mem::take(&mut out.0).into_iter().partition(|e| {
+                matches!(
+                    e,
+                    Effect::Send {
+                        side: Side::Manager,
+                        ..
+                    } | Effect::Disconnect {
+                        side: Side::Manager,
+                        ..
+                    }
+                )
+            });
+        for effect in managers.into_iter().chain(clients) {
             match effect {
                 Effect::Send { side, peer, frame } => {
                     queued_total += frame.len();

@@ -3,7 +3,8 @@
 //! in fixed chunks, so a million queued tasks cost their records and no more: a table that
 //! doubled would carry up to half its size in spare capacity, and would copy itself (both copies
 //! live at once) each time it grew. A chunk whose tasks are all answered gives its memory back
-//! wherever it is, so one old task still running does not pin the records of every task after it.
+//! wherever it is (a couple of emptied buffers are kept for the next chunks), so one old task
+//! still running does not pin the records of every task after it.
 
 use std::collections::VecDeque;
 
@@ -26,7 +27,13 @@ pub(crate) struct TaskTable<T = TaskRecord> {
     /// Entries handed out from `base` on, answered or not.
     span: usize,
     live: usize,
+    /// Emptied chunks' buffers, kept for the next chunks (at most `SPARE_CHUNKS`): a fresh
+    /// allocation of a chunk's size is fresh pages, faulted in one by one as it fills.
+    spare: Vec<Vec<Option<T>>>,
 }
+
+/// Emptied chunk buffers kept for reuse.
+const SPARE_CHUNKS: usize = 2;
 
 impl<T> TaskTable<T> {
     /// A table whose first id will be `first`.
@@ -36,6 +43,7 @@ impl<T> TaskTable<T> {
             chunks: VecDeque::new(),
             span: 0,
             live: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -48,10 +56,11 @@ impl<T> TaskTable<T> {
     pub fn insert(&mut self, id: GlobalId, record: T) {
         assert_eq!(id, self.next_id(), "task ids are handed out in order");
         if self.span.is_multiple_of(CHUNK) {
-            self.chunks.push_back(Chunk {
-                entries: Vec::with_capacity(CHUNK),
-                live: 0,
-            });
+            let entries = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+            self.chunks.push_back(Chunk { entries, live: 0 });
         }
         let chunk = self.chunks.back_mut().expect("pushed above");
         chunk.entries.push(Some(record));
@@ -77,7 +86,11 @@ impl<T> TaskTable<T> {
         chunk.live -= 1;
         self.live -= 1;
         if chunk.live == 0 && chunk.entries.len() == CHUNK {
-            chunk.entries = Vec::new();
+            let mut entries = std::mem::take(&mut chunk.entries);
+            if self.spare.len() < SPARE_CHUNKS {
+                entries.clear();
+                self.spare.push(entries);
+            }
             self.trim();
         }
         Some(record)

@@ -43,6 +43,8 @@ pub enum ManagerError {
     /// The manager's event loop panicked (a bug): its workers are gone, and so are its tasks.
     #[error("the manager crashed: {0}")]
     Crashed(String),
+    #[error("the manager's keys: {0}")]
+    Keys(#[from] htex_transport::KeyError),
 }
 
 /// What a manager owns on its node besides worker processes: MPS daemons and each slot's env.

@@ -8,8 +8,8 @@ use htex_protocol::{
     decode, encode, InterchangeMessage, ManagerMessage, Registration, TaskId, PROTOCOL_VERSION,
 };
 use htex_transport::{
-    connect_dealer, DealerRecvHalf, DealerSendHalf, NetConfig, SocketRecv, SocketSend, WhenRefused,
-    ZmqMessage,
+    connect_dealer, DealerRecvHalf, DealerSendHalf, NetConfig, Security, SocketRecv, SocketSend,
+    WhenRefused, ZmqMessage,
 };
 use tokio::sync::mpsc;
 
@@ -117,9 +117,11 @@ pub(crate) async fn connect(
     held: Vec<TaskId>,
 ) -> Result<Registered, ManagerError> {
     let endpoint = config.interchange.clone();
+    let security = Security::client(config.server_key.as_deref(), config.key.as_deref())?;
     let net = NetConfig {
         max_frame_bytes: config.max_frame_bytes,
         connect_timeout: config.connect_timeout,
+        security,
     };
     // A manager may start before its interchange: a refused connection is tried again.
     let (send, mut recv) = connect_dealer(&endpoint, &net, WhenRefused::Retry).await?;

@@ -111,6 +111,7 @@ impl Script {
         let net = NetConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             connect_timeout: Duration::from_secs(5),
+            security: Default::default(),
         };
         let listener = bind_router("tcp://127.0.0.1:0", &net).await.unwrap();
         Script {

@@ -55,9 +55,11 @@ pub enum ClientReply {
         message: String,
     },
     Heartbeat,
-    /// The `Submit` frame whose first task is `first` was taken: each of its tasks is accepted
-    /// (or already answered, if it was invalid). Every `Submit` frame gets, in order, one
-    /// `Accepted` or one `Busy`; until then the client keeps the frame.
+    /// The `Submit` frame whose first task is `first` was taken, and so was every frame sent
+    /// before it that was not answered `Busy`: each of their tasks is accepted (or already
+    /// answered, if it was invalid). Cumulative, so the interchange answers many frames at once
+    /// (at least every 1 MiB of tasks, and on its heartbeat tick); until then the client keeps
+    /// the frames.
     Accepted {
         first: TaskId,
     },
@@ -116,6 +118,10 @@ pub struct StatusReport {
     pub task_bytes: u64,
     /// Past this many task bytes, submissions wait (`Busy`).
     pub max_task_bytes: u64,
+    /// How the interchange's ports are secured: `curve`, `plaintext (loopback)` or
+    /// `plaintext (--insecure)`.
+    #[serde(default)]
+    pub security: String,
 }
 
 /// One row of the manager table.

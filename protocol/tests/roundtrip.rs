@@ -188,11 +188,11 @@ prop_compose! {
         interchange in text(), protocol_version in any::<u32>(), uptime_ms in any::<u64>(),
         clients in any::<u32>(), queued in any::<u64>(), outstanding in any::<u64>(),
         managers in vec(manager_status(), 0..3), task_bytes in any::<u64>(),
-        max_task_bytes in any::<u64>(),
+        max_task_bytes in any::<u64>(), security in text(),
     ) -> StatusReport {
         StatusReport {
             interchange, protocol_version, uptime_ms, clients, queued, outstanding, managers,
-            task_bytes, max_task_bytes,
+            task_bytes, max_task_bytes, security,
         }
     }
 }

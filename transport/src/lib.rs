@@ -2,15 +2,23 @@
 //! each client and manager. One place sets what every link needs, so a link cannot forget it:
 //! the frame-size guard (a peer announcing a frame past it is dropped before anything is
 //! allocated for it), the connect timeout, whether a refused connection is tried again, and the
-//! errors a user reads when a connection cannot be made.
+//! errors a user reads when a connection cannot be made, and the CURVE security of the link
+//! (`Security`): the interchange's ROUTERs are CURVE servers, each with its own allow-list, and
+//! clients and managers are CURVE clients that know the interchange's public key.
 
+pub mod keys;
+
+use std::sync::Arc;
 use std::time::Duration;
 
+pub use keys::{AllowList, KeyError, KeyPair};
+pub use zeromq::curve::{CurvePublicKey, CurveSecretKey};
+
+use zeromq::{CurveConfig, DealerSocket, RouterSocket, Socket, SocketOptions, ZmqError};
 pub use zeromq::{
     DealerRecvHalf, DealerSendHalf, RouterRecvHalf, RouterSendHalf, SocketRecv, SocketSend,
     TrySendError, ZmqMessage,
 };
-use zeromq::{DealerSocket, RouterSocket, Socket, SocketOptions, ZmqError};
 
 /// What every socket of a component is built with.
 #[derive(Debug, Clone)]
@@ -20,6 +28,75 @@ pub struct NetConfig {
     pub max_frame_bytes: usize,
     /// How long a connection (TCP and the ZMTP handshake) may take.
     pub connect_timeout: Duration,
+    /// Plaintext, or CURVE in one of its roles.
+    pub security: Security,
+}
+
+/// How a socket secures its connections.
+#[derive(Clone, Default)]
+pub enum Security {
+    /// ZMTP's NULL mechanism: no encryption, no authentication (loopback, or `--insecure`).
+    #[default]
+    Plain,
+    /// A CURVE server (the interchange's ports): its key pair, and the client keys this port
+    /// lets in, read again as the allow-list directory changes. `port` names the port in logs.
+    Server {
+        keys: KeyPair,
+        allowed: Arc<AllowList>,
+        port: &'static str,
+    },
+    /// A CURVE client (managers, clients): the server's public key and its own pair.
+    Client {
+        server: CurvePublicKey,
+        keys: KeyPair,
+    },
+}
+
+impl Security {
+    pub fn is_encrypted(&self) -> bool {
+        !matches!(self, Security::Plain)
+    }
+
+    /// A client's or manager's security from `--server-key FILE` (the interchange's public
+    /// key) and `--key FILE` (its own `.key_secret`): both for CURVE, neither for plaintext.
+    pub fn client(
+        server_key: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Security, KeyError> {
+        match (server_key, key) {
+            (None, None) => Ok(Security::Plain),
+            (Some(server), Some(key)) => Ok(Security::Client {
+                server: keys::load_public(server)?,
+                keys: keys::load_secret(key)?,
+            }),
+            (Some(_), None) => Err(KeyError::Incomplete("--server-key needs --key")),
+            (None, Some(_)) => Err(KeyError::Incomplete("--key needs --server-key")),
+        }
+    }
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Security::Plain => f.write_str("Plain"),
+            Security::Server {
+                keys,
+                allowed,
+                port,
+            } => write!(
+                f,
+                "CurveServer({port} port, key {}, allow-list {})",
+                keys.public.fingerprint(),
+                allowed.dir().display()
+            ),
+            Security::Client { server, keys } => write!(
+                f,
+                "CurveClient(server {}, key {})",
+                server.fingerprint(),
+                keys.public.fingerprint()
+            ),
+        }
+    }
 }
 
 /// Frames up to twice the message limit are read, so the component can refuse them with an
@@ -54,12 +131,49 @@ pub enum TransportError {
     Timeout { endpoint: String, after: Duration },
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    #[error(
+        "the interchange at {endpoint} refused this link's CURVE handshake: {reason}; check \
+         --server-key (the interchange's public key) and that this key is in its allow-list"
+    )]
+    Security { endpoint: String, reason: String },
 }
 
 fn options(net: &NetConfig) -> SocketOptions {
     let mut options = SocketOptions::default();
     options.max_frame_size(guard_bytes(net.max_frame_bytes));
     options.connect_timeout(net.connect_timeout);
+    match &net.security {
+        Security::Plain => {}
+        Security::Server {
+            keys,
+            allowed,
+            port,
+        } => {
+            let allowed = allowed.clone();
+            let port = *port;
+            let authorizer = Arc::new(move |key: &CurvePublicKey| {
+                let allows = allowed.allows(key);
+                if !allows {
+                    tracing::warn!(
+                        "refused a CURVE client on the {port} port: its key {} is not in {}",
+                        key.fingerprint(),
+                        allowed.dir().display()
+                    );
+                }
+                allows
+            });
+            options.curve(CurveConfig::Server {
+                secret: keys.secret.clone(),
+                authorizer,
+            });
+        }
+        Security::Client { server, keys } => {
+            options.curve(CurveConfig::Client {
+                server_key: *server,
+                secret: keys.secret.clone(),
+            });
+        }
+    }
     options
 }
 
@@ -106,6 +220,19 @@ pub async fn connect_dealer(
                 endpoint: endpoint.to_string(),
             })
         }
+        Ok(Err(e @ (ZmqError::Curve(_) | ZmqError::Mechanism(_)))) => {
+            Err(TransportError::Security {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        // A CURVE server closes without a word on a HELLO it cannot open (a wrong server key).
+        Ok(Err(e @ ZmqError::Other(_))) if net.security.is_encrypted() => {
+            Err(TransportError::Security {
+                endpoint: endpoint.to_string(),
+                reason: e.to_string(),
+            })
+        }
         Ok(Err(ZmqError::ConnectTimeout(_))) | Err(_) => Err(TransportError::Timeout {
             endpoint: endpoint.to_string(),
             after: net.connect_timeout,
@@ -134,6 +261,7 @@ mod tests {
         NetConfig {
             max_frame_bytes: 1 << 20,
             connect_timeout: Duration::from_secs(5),
+            security: Security::Plain,
         }
     }
 

@@ -12,7 +12,7 @@ use htex_protocol::{
 
 use super::managers::hex;
 use super::{link_limit, version_mismatch, BadFrame, Core, Effects, Incoming, Now, Side};
-use crate::records::{ClientKey, GlobalId, IdMap};
+use crate::records::{ClientKey, GlobalId, IdMap, KeyMap};
 
 /// A client that said hello.
 pub(crate) struct ClientRecord {
@@ -28,11 +28,21 @@ pub(crate) struct ClientRecord {
     outbox: Vec<TaskResult>,
     /// It was told `Busy` and waits for `Resume`.
     paused: bool,
+    /// The first task of the last frame accepted and not yet acknowledged, and the task bytes
+    /// accepted since the last acknowledgement (see `ACK_BYTES`).
+    unacked: Option<TaskId>,
+    unacked_bytes: usize,
 }
+
+/// Task bytes accepted from a client before `Accepted` goes out at once; below it, the
+/// acknowledgement waits for the next tick. `Accepted` is cumulative (it covers every frame up
+/// to the one it names), so one answer serves many frames, and a lone task's round trip does
+/// not pay for an extra message. What the client keeps for re-sending stays about this size.
+pub(crate) const ACK_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 pub(crate) struct Clients {
-    records: HashMap<ClientKey, ClientRecord>,
+    records: KeyMap<ClientKey, ClientRecord>,
     keys: HashMap<Bytes, ClientKey>,
     next: ClientKey,
     /// Clients with results waiting, or departed ones to forget once answered.
@@ -126,7 +136,7 @@ impl Core {
                 }
             }
             ClientRequest::Heartbeat => {}
-            ClientRequest::Goodbye => self.on_goodbye(key),
+            ClientRequest::Goodbye => self.on_goodbye(key, out),
         }
     }
 
@@ -153,6 +163,10 @@ impl Core {
                 self.deliver(key, TaskResult::error(id, error));
             }
             if let Some(&first) = ids.first() {
+                if let Some(client) = self.clients.get_mut(key) {
+                    client.unacked = None;
+                    client.unacked_bytes = 0;
+                }
                 out.send(Side::Client, &peer, &ClientReply::Accepted { first });
             }
             return;
@@ -195,6 +209,8 @@ impl Core {
                     max_frame_bytes: limit,
                     outbox: Vec::new(),
                     paused: false,
+                    unacked: None,
+                    unacked_bytes: 0,
                 };
                 clients.records.insert(key, record);
             }
@@ -224,6 +240,11 @@ impl Core {
                 self.task_bytes, self.config.max_queued_bytes
             );
             let peer = client.peer.clone();
+            // The frames before this one were taken: the client hears so first.
+            if let Some(first) = client.unacked.take() {
+                client.unacked_bytes = 0;
+                out.send(Side::Client, &peer, &ClientReply::Accepted { first });
+            }
             if !client.paused {
                 client.paused = true;
                 clients.paused.push(key);
@@ -235,14 +256,35 @@ impl Core {
         let Some(first) = specs.first().map(|s| s.id) else {
             return;
         };
-        let peer = client.peer.clone();
+        let before = self.task_bytes;
         for spec in specs {
             let id = spec.id;
             if let Err(error) = self.accept(key, spec, now) {
                 self.deliver(key, TaskResult::error(id, error));
             }
         }
-        out.send(Side::Client, &peer, &ClientReply::Accepted { first });
+        let client = self
+            .clients
+            .records
+            .get_mut(&key)
+            .expect("the caller checked the client");
+        client.unacked = Some(first);
+        client.unacked_bytes += self.task_bytes - before;
+        if client.unacked_bytes >= ACK_BYTES {
+            client.unacked = None;
+            client.unacked_bytes = 0;
+            out.send(Side::Client, &client.peer, &ClientReply::Accepted { first });
+        }
+    }
+
+    /// Every acknowledgement that waits goes out (on each tick).
+    pub(super) fn acknowledge_clients(&mut self, out: &mut Effects) {
+        for client in self.clients.records.values_mut() {
+            if let Some(first) = client.unacked.take() {
+                client.unacked_bytes = 0;
+                out.send(Side::Client, &client.peer, &ClientReply::Accepted { first });
+            }
+        }
     }
 
     /// Clients told `Busy` hear `Resume` once the held task bytes are below three quarters of
@@ -260,7 +302,7 @@ impl Core {
         }
     }
 
-    fn on_goodbye(&mut self, key: ClientKey) {
+    fn on_goodbye(&mut self, key: ClientKey, out: &mut Effects) {
         // Its tasks are cancelled; their results still go to its connection, and the record
         // goes once they have (flush_results).
         let Some(client) = self.clients.get_mut(key) else {
@@ -268,6 +310,10 @@ impl Core {
         };
         tracing::info!(client = %client.name, "client left");
         client.departed = true;
+        if let Some(first) = client.unacked.take() {
+            client.unacked_bytes = 0;
+            out.send(Side::Client, &client.peer, &ClientReply::Accepted { first });
+        }
         let gids: Vec<GlobalId> = client.tasks.values().copied().collect();
         self.clients.dirty.push(key);
         for gid in gids {
@@ -343,6 +389,7 @@ impl Core {
             managers,
             task_bytes: self.task_bytes as u64,
             max_task_bytes: self.config.max_queued_bytes as u64,
+            security: self.security.to_string(),
         }
     }
 }

@@ -119,6 +119,8 @@ impl Effects {
 }
 
 pub(crate) struct Core {
+    /// How the ports are secured ("curve", "plaintext (loopback)", "plaintext (--insecure)").
+    security: &'static str,
     config: InterchangeConfig,
     started: Instant,
     tasks: TaskTable,
@@ -135,9 +137,11 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub fn new(config: InterchangeConfig, now: Now) -> Core {
+    /// `security` says how the ports are secured, for `htex status`.
+    pub fn new(config: InterchangeConfig, security: &'static str, now: Now) -> Core {
         Core {
             config,
+            security,
             started: now.at,
             tasks: TaskTable::new(1),
             classes: Classes::default(),
@@ -168,6 +172,7 @@ impl Core {
                 self.flush(out);
             }
             Input::Tick => {
+                self.acknowledge_clients(out);
                 self.on_tick(now, out);
                 self.flush(out);
             }

@@ -9,6 +9,7 @@ use htex_protocol::{
     TaskError, TaskKind, TaskOutput, TaskResult, TaskSpec, Timings, PROTOCOL_VERSION,
 };
 
+use super::clients::ACK_BYTES;
 use super::*;
 use crate::InterchangeConfig;
 
@@ -162,7 +163,7 @@ impl Harness {
     fn new(config: InterchangeConfig) -> Harness {
         let now = Now::read();
         Harness {
-            core: Core::new(config, now),
+            core: Core::new(config, "plaintext (loopback)", now),
             now,
             out: Effects::default(),
         }
@@ -254,10 +255,8 @@ fn a_task_goes_to_a_manager_and_its_result_to_its_client() {
         [(_, InterchangeMessage::Registered { .. })]
     ));
     let sent = h.submit("c", vec![spec(7), spec(8)]);
-    assert!(matches!(
-        sent.client("c")[..],
-        [ClientReply::Accepted { first: 7 }]
-    ));
+    // A small frame's acknowledgement waits for the tick; the tasks do not.
+    assert!(sent.client("c").is_empty(), "{:?}", sent.to_clients);
     let tasks = sent.tasks("m");
     assert_eq!(tasks.len(), 2, "one frame carries both");
     assert_eq!(sent.to_managers.len(), 1);
@@ -269,6 +268,48 @@ fn a_task_goes_to_a_manager_and_its_result_to_its_client() {
     // A second result for the same task is a duplicate.
     let sent = h.manager("m", ManagerMessage::Results(vec![ok_result(gid)]));
     assert!(sent.results("c").is_empty());
+}
+
+#[test]
+fn accepted_is_cumulative_at_the_tick_at_once_past_a_mebibyte_and_before_busy() {
+    let mut h = Harness::new(InterchangeConfig {
+        max_queued_bytes: ACK_BYTES * 3 / 2,
+        ..config()
+    });
+    h.hello("c");
+    h.submit("c", vec![spec(1)]);
+    h.submit("c", vec![spec(2), spec(3)]);
+    // One answer for both frames, on the tick; nothing more on the next.
+    let sent = h.tick();
+    assert!(matches!(
+        sent.client("c")[..],
+        [ClientReply::Accepted { first: 2 }, ..]
+    ));
+    assert!(!h
+        .tick()
+        .client("c")
+        .iter()
+        .any(|r| matches!(r, ClientReply::Accepted { .. })));
+    // A mebibyte of tasks is answered at once.
+    let sent = h.submit(
+        "c",
+        vec![with_args(10, ACK_BYTES / 2), with_args(11, ACK_BYTES / 2)],
+    );
+    assert!(matches!(
+        sent.client("c")[..],
+        [ClientReply::Accepted { first: 10 }]
+    ));
+    // A frame that reaches the cap, then one refused: the first is answered before the refusal.
+    h.submit("c", vec![with_args(20, ACK_BYTES / 2)]);
+    let sent = h.submit("c", vec![spec(31)]);
+    assert!(
+        matches!(
+            sent.client("c")[..],
+            [ClientReply::Accepted { first: 20 }, ClientReply::Busy { ref ids, .. }] if ids == &[31]
+        ),
+        "{:?}",
+        sent.to_clients
+    );
 }
 
 #[test]

@@ -69,6 +69,12 @@ pub struct ManagerConfig {
     /// CPUs per slot for `block`, `block-reverse` and `alternating` (default: as many as divide
     /// evenly).
     pub cores_per_slot: Option<usize>,
+    /// CURVE: the interchange's public key file (`server.key`; never its secret); with
+    /// [`Self::key`].
+    pub server_key: Option<PathBuf>,
+    /// CURVE: this manager's own `.key_secret` file (its public key must be in the
+    /// interchange's `managers/` allow-list).
+    pub key: Option<PathBuf>,
 }
 
 /// Why a [`ManagerConfig`] cannot run.
@@ -118,6 +124,8 @@ impl ManagerConfig {
             runners: BTreeMap::new(),
             cpu_affinity: CpuAffinity::None,
             cores_per_slot: None,
+            server_key: None,
+            key: None,
         }
     }
 

@@ -63,6 +63,9 @@ pub struct ManagerFile {
     pub cores_per_slot: Option<usize>,
     /// Offer CPU slots when GPU slots are asked for and NVML is not available.
     pub allow_cpu_fallback: Option<bool>,
+    /// CURVE: the interchange's public key file, and this manager's own secret key file.
+    pub server_key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Runner name → command line.
     #[serde(default)]
     pub runners: BTreeMap<String, Vec<String>>,
@@ -123,6 +126,8 @@ pub struct ManagerOverrides {
     pub cpu_affinity: Option<String>,
     pub cores_per_slot: Option<usize>,
     pub zero_worker: bool,
+    pub server_key: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// Why a manager's file and flags do not make a config.
@@ -353,6 +358,8 @@ impl ManagerConfig {
             config.cpu_affinity = affinity.parse()?;
         }
         config.cores_per_slot = o.cores_per_slot.or(file.cores_per_slot);
+        config.server_key = o.server_key.clone().or(file.server_key);
+        config.key = o.key.clone().or(file.key);
         config.assign_cpus()?;
         let start = o.runner_start.or(file.runner_start).unwrap_or_default();
         config.runners = runners(file.runners, &o.runners, start)?;

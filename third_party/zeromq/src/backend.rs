@@ -142,7 +142,7 @@ impl GenericSocketBackend {
                     Message::Greeting(_) => {
                         return Err(ZmqError::Socket("Sending greeting is not supported"))
                     }
-                    Message::Command(_) => {
+                    Message::Command(_) | Message::RawCommand(_) => {
                         return Err(ZmqError::Socket("Sending commands is not supported"))
                     }
                     Message::Message(m) => {
@@ -204,10 +204,9 @@ impl GenericSocketBackend {
         &self,
         peer_id: &PeerIdentity,
     ) -> Option<(mpsc::Sender<Message>, Arc<AtomicUsize>)> {
-        self.peers
-            .read_sync(peer_id, |_, peer| {
-                (peer.send_queue.clone(), peer.queued_bytes.clone())
-            })
+        self.peers.read_sync(peer_id, |_, peer| {
+            (peer.send_queue.clone(), peer.queued_bytes.clone())
+        })
     }
 
     /// Bytes queued for a peer and not yet written to its connection; `None` for an unknown
@@ -375,20 +374,23 @@ impl MultiPeerBackend for GenericSocketBackend {
         let (recv_queue, send_queue) = io.into_parts();
         let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
-        self.peers
-            .upsert_async(
-                peer_id.clone(),
-                Peer {
-                    send_queue: queue_sender,
-                    queued_bytes: queued_bytes.clone(),
-                },
-            )
-            .await;
+        // Only the `*_sync` operations of `scc` touch `peers` (htex patch). Mixed with the async
+        // ones on one map, a bucket lock can be handed to a suspended async waiter while a sync
+        // caller (`peer_disconnected`'s `remove_sync`) blocks its runtime thread on it: under
+        // connection churn both runtime threads of the interchange parked there for good.
+        self.peers.upsert_sync(
+            peer_id.clone(),
+            Peer {
+                send_queue: queue_sender,
+                queued_bytes: queued_bytes.clone(),
+            },
+        );
         self.refresh_single_peer_cache();
         let writer_backend = self.clone();
         let writer_peer_id = peer_id.clone();
         async_rt::task::spawn(async move {
-            if let Err(error) = write_message_queue(queue_receiver, send_queue, Some(queued_bytes)).await
+            if let Err(error) =
+                write_message_queue(queue_receiver, send_queue, Some(queued_bytes)).await
             {
                 log::debug!(
                     "Error sending message to peer {:?}: {:?}",
@@ -456,16 +458,13 @@ mod tests {
         peer_id: PeerIdentity,
     ) -> (PeerIdentity, mpsc::Receiver<Message>) {
         let (send_queue, recv_queue) = mpsc::channel(8);
-        backend
-            .peers
-            .upsert_async(
-                peer_id.clone(),
-                Peer {
-                    send_queue,
-                    queued_bytes: Default::default(),
-                },
-            )
-            .await;
+        backend.peers.upsert_sync(
+            peer_id.clone(),
+            Peer {
+                send_queue,
+                queued_bytes: Default::default(),
+            },
+        );
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
         (peer_id, recv_queue)
@@ -546,16 +545,13 @@ mod tests {
         send_queue
             .try_send(message_with_frame(b"prefilled"))
             .expect("prefill peer queue");
-        backend
-            .peers
-            .upsert_async(
-                peer_id.clone(),
-                Peer {
-                    send_queue,
-                    queued_bytes: Default::default(),
-                },
-            )
-            .await;
+        backend.peers.upsert_sync(
+            peer_id.clone(),
+            Peer {
+                send_queue,
+                queued_bytes: Default::default(),
+            },
+        );
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
 
@@ -583,16 +579,13 @@ mod tests {
         let peer_id: PeerIdentity = "closed-peer".parse().expect("peer id");
         let (send_queue, recv_queue) = mpsc::channel(1);
         drop(recv_queue);
-        backend
-            .peers
-            .upsert_async(
-                peer_id.clone(),
-                Peer {
-                    send_queue,
-                    queued_bytes: Default::default(),
-                },
-            )
-            .await;
+        backend.peers.upsert_sync(
+            peer_id.clone(),
+            Peer {
+                send_queue,
+                queued_bytes: Default::default(),
+            },
+        );
         backend.refresh_single_peer_cache();
         backend.round_robin.push(peer_id.clone());
 
@@ -604,7 +597,7 @@ mod tests {
         assert!(matches!(error, ZmqError::BufferFull(_)));
         assert_eq!(0, backend.peer_count.load(Ordering::Acquire));
         assert!(backend.single_peer.lock().is_none());
-        assert!(backend.peers.get_async(&peer_id).await.is_none());
+        assert!(backend.peers.get_sync(&peer_id).is_none());
     }
 
     #[crate::async_rt::test]

@@ -51,6 +51,15 @@ pub enum ZmqError {
     UnsupportedVersion(ZmtpVersion),
     #[error("Connect timed out after {0:?}")]
     ConnectTimeout(Duration),
+    /// The peer's security mechanism or role does not match ours (htex patch).
+    #[error("{0}")]
+    Mechanism(String),
+    /// The CURVE handshake failed (htex patch).
+    #[error("CURVE handshake failed: {0}")]
+    Curve(#[from] crate::curve::CurveError),
+    /// The peer did not finish its handshake in time (htex patch).
+    #[error("the peer did not finish its handshake within {0:?}")]
+    HandshakeTimeout(Duration),
 }
 
 impl From<mpsc::TrySendError<Message>> for ZmqError {

@@ -3,6 +3,7 @@
 mod async_rt;
 mod backend;
 mod codec;
+pub mod curve;
 mod dealer;
 mod endpoint;
 mod error;
@@ -353,6 +354,48 @@ pub enum SocketEvent {
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an accepted peer has to finish its greeting and handshake (htex patch).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decides whether a CURVE client's long-term key may connect (htex patch).
+pub type CurveAuthorizer = Arc<dyn Fn(&curve::CurvePublicKey) -> bool + Send + Sync>;
+
+/// A socket's CURVE role and keys (htex patch). CURVE roles are independent of bind and connect.
+#[derive(Clone)]
+pub enum CurveConfig {
+    /// Knows the server's public key; proves its own key pair.
+    Client {
+        server_key: curve::CurvePublicKey,
+        secret: curve::CurveSecretKey,
+    },
+    /// Proves its key pair; lets in the clients the authorizer allows.
+    Server {
+        secret: curve::CurveSecretKey,
+        authorizer: CurveAuthorizer,
+    },
+}
+
+impl std::fmt::Debug for CurveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CurveConfig::Client { server_key, .. } => {
+                write!(
+                    f,
+                    "CurveConfig::Client(server {})",
+                    server_key.fingerprint()
+                )
+            }
+            CurveConfig::Server { secret, .. } => {
+                write!(
+                    f,
+                    "CurveConfig::Server({})",
+                    secret.public_key().fingerprint()
+                )
+            }
+        }
+    }
+}
+
 pub struct SocketOptions {
     pub(crate) peer_id: Option<PeerIdentity>,
     pub(crate) connect_timeout: Option<Duration>,
@@ -367,6 +410,10 @@ pub struct SocketOptions {
     /// Whether `connect` tries again while nothing listens at the endpoint (connection
     /// refused), until the connect timeout; `false` reports it at once (htex patch).
     pub(crate) retry_refused: bool,
+    /// CURVE instead of the NULL mechanism (htex patch).
+    pub(crate) curve: Option<CurveConfig>,
+    /// Deadline for an accepted peer's handshake (htex patch).
+    pub(crate) handshake_timeout: Option<Duration>,
 }
 
 impl Default for SocketOptions {
@@ -379,6 +426,8 @@ impl Default for SocketOptions {
             read_buffer_short_reads: 2,
             max_frame_size: None,
             retry_refused: true,
+            curve: None,
+            handshake_timeout: Some(DEFAULT_HANDSHAKE_TIMEOUT),
         }
     }
 }
@@ -446,6 +495,20 @@ impl SocketOptions {
     /// reports the refusal at once.
     pub fn retry_refused_connections(&mut self, retry: bool) -> &mut Self {
         self.retry_refused = retry;
+        self
+    }
+
+    /// Secures every connection of the socket with CURVE: a peer with the NULL mechanism, or in
+    /// the same role, is refused.
+    pub fn curve(&mut self, config: CurveConfig) -> &mut Self {
+        self.curve = Some(config);
+        self
+    }
+
+    /// How long a peer that connected to this socket may take over its handshake before it is
+    /// dropped (`None`: forever).
+    pub fn handshake_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -521,9 +584,12 @@ where
         let backend = callback_backend.clone();
         async move {
             let result = match result {
-                Ok((io, endpoint)) => util::peer_connected(io, backend.clone())
-                    .await
-                    .map(|peer_id| (endpoint, peer_id)),
+                Ok((io, endpoint)) => {
+                    let deadline = backend.socket_options().handshake_timeout;
+                    util::accept_with_deadline(deadline, util::peer_connected(io, backend.clone()))
+                        .await
+                        .map(|peer_id| (endpoint, peer_id))
+                }
                 Err(error) => Err(error),
             };
 

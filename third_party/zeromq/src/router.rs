@@ -189,7 +189,9 @@ impl RouterSendHalf {
     /// Bytes queued for the peer named `peer` and not yet written to its connection; `None`
     /// once it is gone (htex patch).
     pub fn queued_bytes(&self, peer: &bytes::Bytes) -> Option<usize> {
-        let peer_id = PeerIdentity::try_from(peer.clone()).ok().filter(|_| !peer.is_empty())?;
+        let peer_id = PeerIdentity::try_from(peer.clone())
+            .ok()
+            .filter(|_| !peer.is_empty())?;
         self.inner.backend.queued_bytes(&peer_id)
     }
 

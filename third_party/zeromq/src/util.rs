@@ -1,3 +1,4 @@
+use crate::codec::mechanism::ZmqMechanism;
 use crate::codec::{CodecResult, FramedIo, ZmqFramedRead};
 use crate::*;
 
@@ -132,17 +133,57 @@ fn negotiate_version(greeting: Message) -> ZmqResult<ZmtpVersion> {
     }
 }
 
-pub(crate) async fn greet_exchange(raw_socket: &mut FramedIo) -> ZmqResult<ZmtpVersion> {
-    raw_socket
-        .write_half
-        .send(Message::Greeting(ZmqGreeting::default()))
-        .await?;
+/// Sends our greeting and reads the peer's: the ZMTP version, and a mechanism the same as ours
+/// in the other role (htex patch: upstream ignored the peer's mechanism).
+pub(crate) async fn greet_exchange(
+    raw_socket: &mut FramedIo,
+    ours: ZmqGreeting,
+) -> ZmqResult<ZmtpVersion> {
+    raw_socket.write_half.send(Message::Greeting(ours)).await?;
 
     let greeting = match raw_socket.read_half.next().await {
         Some(message) => message?,
         None => return Err(ZmqError::Other("Failed Greeting exchange")),
     };
+    if let Message::Greeting(peer) = &greeting {
+        if peer.mechanism != ours.mechanism {
+            return Err(ZmqError::Mechanism(format!(
+                "the peer speaks the {} mechanism, this socket {}",
+                peer.mechanism, ours.mechanism
+            )));
+        }
+        // libzmq's CURVE servers send as-server = 0 in their greeting (its role comes from
+        // the socket's options, not the greeting), so only two servers are told apart here;
+        // two clients fail at once anyway, each sending HELLO where WELCOME is due.
+        if ours.mechanism == ZmqMechanism::CURVE && peer.as_server && ours.as_server {
+            return Err(ZmqError::Mechanism(
+                "the peer is a CURVE server, as this socket is".into(),
+            ));
+        }
+    }
     negotiate_version(greeting)
+}
+
+/// The peer's identity from its metadata, once its socket type is known to fit ours.
+fn peer_from_metadata<'a>(
+    socket_type: SocketType,
+    mut property: impl FnMut(&str) -> Option<&'a Bytes>,
+) -> ZmqResult<PeerIdentity> {
+    let other_sock_type = match property("Socket-Type") {
+        Some(s) => SocketType::try_from(&s[..])?,
+        None => Err(ZmqError::Other("Failed to parse other socket type"))?,
+    };
+    let peer_id = property("Identity")
+        .map(|x| x.clone().try_into())
+        .transpose()?
+        .unwrap_or_default();
+    if socket_type.compatible(other_sock_type) {
+        Ok(peer_id)
+    } else {
+        Err(ZmqError::Other(
+            "Provided sockets combination is not compatible",
+        ))
+    }
 }
 
 pub(crate) async fn ready_exchange(
@@ -160,25 +201,7 @@ pub(crate) async fn ready_exchange(
     match ready_repl {
         Some(Ok(Message::Command(command))) => match command.name {
             ZmqCommandName::READY => {
-                let other_sock_type = match command.properties.get("Socket-Type") {
-                    Some(s) => SocketType::try_from(&s[..])?,
-                    None => Err(ZmqError::Other("Failed to parse other socket type"))?,
-                };
-
-                let peer_id = command
-                    .properties
-                    .get("Identity")
-                    .map(|x| x.clone().try_into())
-                    .transpose()?
-                    .unwrap_or_default();
-
-                if socket_type.compatible(other_sock_type) {
-                    Ok(peer_id)
-                } else {
-                    Err(ZmqError::Other(
-                        "Provided sockets combination is not compatible",
-                    ))
-                }
+                peer_from_metadata(socket_type, |name| command.properties.get(name))
             }
         },
         Some(Ok(_)) => Err(ZmqError::Other("Failed to confirm ready state")),
@@ -196,18 +219,166 @@ pub(crate) async fn peer_connected(
     Ok(peer_id)
 }
 
+/// The greeting and the mechanism's handshake (NULL's READY exchange, or CURVE's), on a new
+/// connection; the peer joins the socket only after it.
 pub(crate) async fn peer_handshake(
     raw_socket: &mut FramedIo,
     backend: Arc<dyn MultiPeerBackend>,
 ) -> ZmqResult<PeerIdentity> {
-    greet_exchange(raw_socket).await?;
-    let mut props = None;
-    if let Some(identity) = &backend.socket_options().peer_id {
-        let mut connect_ops = HashMap::new();
-        connect_ops.insert("Identity".to_string(), identity.clone().into());
-        props = Some(connect_ops);
+    let options = backend.socket_options();
+    let identity = options.peer_id.clone();
+    match &options.curve {
+        None => {
+            greet_exchange(raw_socket, ZmqGreeting::default()).await?;
+            let props = identity
+                .map(|identity| HashMap::from([("Identity".to_string(), Bytes::from(identity))]));
+            ready_exchange(raw_socket, backend.socket_type(), props).await
+        }
+        Some(config) => {
+            let as_server = matches!(config, CurveConfig::Server { .. });
+            let greeting = ZmqGreeting {
+                mechanism: ZmqMechanism::CURVE,
+                as_server,
+                ..ZmqGreeting::default()
+            };
+            greet_exchange(raw_socket, greeting).await?;
+            let socket_type = backend.socket_type();
+            let identity = identity.map(Bytes::from);
+            let mut properties: Vec<(&str, &[u8])> =
+                vec![("Socket-Type", socket_type.as_str().as_bytes())];
+            if let Some(identity) = &identity {
+                properties.push(("Identity", identity));
+            }
+            let metadata = curve::encode_metadata(properties);
+            raw_socket.read_half.codec_mut().set_raw_commands(true);
+            match config {
+                CurveConfig::Client { server_key, secret } => {
+                    curve_client(raw_socket, socket_type, server_key, secret, &metadata).await
+                }
+                CurveConfig::Server { secret, authorizer } => {
+                    curve_server(raw_socket, socket_type, secret, authorizer, &metadata).await
+                }
+            }
+        }
     }
-    ready_exchange(raw_socket, backend.socket_type(), props).await
+}
+
+/// The next handshake command from the peer.
+async fn next_command(raw_socket: &mut FramedIo, expected: &'static str) -> ZmqResult<Bytes> {
+    match raw_socket.read_half.next().await {
+        Some(Ok(Message::RawCommand(body))) => Ok(body),
+        Some(Ok(_)) => Err(curve::CurveError::Unexpected {
+            expected,
+            got: "a data frame".into(),
+        }
+        .into()),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(ZmqError::Other(
+            "the peer closed the connection during the handshake",
+        )),
+    }
+}
+
+async fn curve_client(
+    raw_socket: &mut FramedIo,
+    socket_type: SocketType,
+    server_key: &curve::CurvePublicKey,
+    secret: &curve::CurveSecretKey,
+    metadata: &[u8],
+) -> ZmqResult<PeerIdentity> {
+    let mut handshake = curve::ClientHandshake::new(server_key, secret);
+    raw_socket
+        .write_half
+        .send(Message::RawCommand(handshake.hello()))
+        .await?;
+    let welcome = next_command(raw_socket, "WELCOME").await?;
+    let initiate = handshake.initiate(&welcome, metadata)?;
+    raw_socket
+        .write_half
+        .send(Message::RawCommand(initiate))
+        .await?;
+    let ready = next_command(raw_socket, "READY").await?;
+    let (properties, session) = handshake.ready(&ready)?;
+    let peer_id = peer_from_metadata(socket_type, |name| {
+        properties.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    })?;
+    raw_socket
+        .read_half
+        .codec_mut()
+        .install_opener(session.opener);
+    raw_socket
+        .write_half
+        .encoder_mut()
+        .install_sealer(session.sealer);
+    Ok(peer_id)
+}
+
+async fn curve_server(
+    raw_socket: &mut FramedIo,
+    socket_type: SocketType,
+    secret: &curve::CurveSecretKey,
+    authorizer: &CurveAuthorizer,
+    metadata: &[u8],
+) -> ZmqResult<PeerIdentity> {
+    let mut handshake = curve::ServerHandshake::new(secret);
+    let hello = next_command(raw_socket, "HELLO").await?;
+    let welcome = handshake.welcome(&hello)?;
+    raw_socket
+        .write_half
+        .send(Message::RawCommand(welcome))
+        .await?;
+    let initiate = next_command(raw_socket, "INITIATE").await?;
+    let client = handshake.accept(&initiate)?;
+    if !authorizer(&client.client_key) {
+        // libzmq answers a refused client with ERROR before closing; the client then knows
+        // why instead of retrying a handshake that will never pass.
+        let _ = raw_socket
+            .write_half
+            .send(Message::RawCommand(curve::error_command(
+                "the client key is not allowed",
+            )))
+            .await;
+        return Err(curve::CurveError::NotAllowed(client.client_key.fingerprint()).into());
+    }
+    let peer_id = peer_from_metadata(socket_type, |name| {
+        client
+            .metadata
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    })?;
+    let (ready, session) = client.ready(metadata);
+    raw_socket
+        .write_half
+        .send(Message::RawCommand(ready))
+        .await?;
+    raw_socket
+        .read_half
+        .codec_mut()
+        .install_opener(session.opener);
+    raw_socket
+        .write_half
+        .encoder_mut()
+        .install_sealer(session.sealer);
+    Ok(peer_id)
+}
+
+/// An accepted peer's handshake under the socket's handshake deadline: a peer that connects and
+/// stalls is dropped instead of holding a task and a connection forever (htex patch).
+pub(crate) async fn accept_with_deadline<T, F>(
+    deadline: Option<Duration>,
+    future: F,
+) -> ZmqResult<T>
+where
+    F: Future<Output = ZmqResult<T>>,
+{
+    match deadline {
+        Some(duration) => match async_rt::task::timeout(duration, future).await {
+            Ok(result) => result,
+            Err(_) => Err(ZmqError::HandshakeTimeout(duration)),
+        },
+        None => future.await,
+    }
 }
 
 pub(crate) async fn run_with_timeout<T, F>(duration: Option<Duration>, future: F) -> ZmqResult<T>

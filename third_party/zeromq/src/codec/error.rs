@@ -16,6 +16,9 @@ pub enum CodecError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(&'static str),
+    /// A CURVE frame that does not open or is out of sequence (htex patch).
+    #[error("{0}")]
+    Curve(#[from] crate::curve::CurveError),
 }
 
 pub(crate) type CodecResult<T> = Result<T, CodecError>;

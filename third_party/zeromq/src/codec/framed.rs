@@ -49,6 +49,11 @@ impl ZmqFramedRead {
         }
     }
 
+    /// The decoder, for a security mechanism to switch its mode (htex patch).
+    pub(crate) fn codec_mut(&mut self) -> &mut ZmqCodec {
+        &mut self.codec
+    }
+
     fn poll_read_into_buffer(
         &mut self,
         cx: &mut Context<'_>,

@@ -24,4 +24,6 @@ pub enum Message {
     Greeting(ZmqGreeting),
     Command(ZmqCommand),
     Message(ZmqMessage),
+    /// A command frame's body as it is on the wire: the CURVE handshake's commands (htex patch).
+    RawCommand(bytes::Bytes),
 }

@@ -2,6 +2,7 @@ use super::command::ZmqCommand;
 use super::error::CodecError;
 use super::greeting::ZmqGreeting;
 use super::Message;
+use crate::curve::{MessageOpener, MessageSealer, MESSAGE_OVERHEAD};
 use crate::{SocketOptions, ZmqMessage};
 
 use asynchronous_codec::{Decoder, Encoder};
@@ -34,6 +35,23 @@ pub struct ZmqCodec {
     buffered_message: Option<ZmqMessage>,
     max_read_chunk_size: usize,
     max_frame_size: Option<usize>,
+    /// During a CURVE handshake: command frames come out as `Message::RawCommand`.
+    raw_commands: bool,
+    /// After a CURVE handshake: every frame sent is sealed, every frame read is opened.
+    sealer: Option<MessageSealer>,
+    opener: Option<MessageOpener>,
+}
+
+impl std::fmt::Debug for MessageSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageSealer")
+    }
+}
+
+impl std::fmt::Debug for MessageOpener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MessageOpener")
+    }
 }
 
 impl ZmqCodec {
@@ -48,7 +66,26 @@ impl ZmqCodec {
             buffered_message: None,
             max_read_chunk_size: options.read_buffer_max_size,
             max_frame_size: options.max_frame_size,
+            raw_commands: false,
+            sealer: None,
+            opener: None,
         }
+    }
+
+    /// Command frames are handed out raw, for a CURVE handshake to read.
+    pub(crate) fn set_raw_commands(&mut self, raw: bool) {
+        self.raw_commands = raw;
+    }
+
+    /// Frames written from now on are sealed into CURVE MESSAGE commands.
+    pub(crate) fn install_sealer(&mut self, sealer: MessageSealer) {
+        self.sealer = Some(sealer);
+    }
+
+    /// Frames read from now on must be CURVE MESSAGE commands, and are opened.
+    pub(crate) fn install_opener(&mut self, opener: MessageOpener) {
+        self.opener = Some(opener);
+        self.raw_commands = false;
     }
 
     /// Returns the minimum additional bytes needed before decode can progress.
@@ -125,7 +162,15 @@ impl Decoder for ZmqCodec {
                     } else {
                         usize::from(src.get_u8())
                     };
-                    if self.max_frame_size.is_some_and(|max| frame_len > max) {
+                    let sealed = if self.opener.is_some() {
+                        MESSAGE_OVERHEAD
+                    } else {
+                        0
+                    };
+                    if self
+                        .max_frame_size
+                        .is_some_and(|max| frame_len > max.saturating_add(sealed))
+                    {
                         return Err(CodecError::Decode("Frame exceeds the maximum frame size"));
                     }
                     self.state = DecoderState::Frame(frame);
@@ -135,6 +180,25 @@ impl Decoder for ZmqCodec {
                     let data = src.split_to(self.waiting_for);
                     self.state = DecoderState::FrameHeader;
                     self.waiting_for = 1;
+                    if let Some(opener) = &mut self.opener {
+                        // libzmq sends MESSAGE in a data frame; a command frame is taken too.
+                        let (part, more) = opener.open_frame(data)?;
+                        match &mut self.buffered_message {
+                            Some(v) => v.push_back(part),
+                            None => self.buffered_message = Some(ZmqMessage::from(part)),
+                        }
+                        if !more {
+                            return Ok(Some(Message::Message(
+                                self.buffered_message
+                                    .take()
+                                    .expect("Corrupted decoder state"),
+                            )));
+                        }
+                        continue;
+                    }
+                    if frame.command && self.raw_commands {
+                        return Ok(Some(Message::RawCommand(data.freeze())));
+                    }
                     if frame.command {
                         return Ok(Some(Message::Command(ZmqCommand::try_from(data.freeze())?)));
                     }
@@ -179,6 +243,19 @@ fn encode_frame(frame: &Bytes, dst: &mut BytesMut, more: bool) {
     dst.extend_from_slice(frame.as_ref());
 }
 
+fn encode_command(body: &[u8], dst: &mut BytesMut) {
+    let len = body.len();
+    if len > 255 {
+        dst.reserve(len + 9);
+        dst.extend_from_slice(&[0b0000_0110]);
+        dst.extend_from_slice(&(len as u64).to_be_bytes());
+    } else {
+        dst.reserve(len + 2);
+        dst.extend_from_slice(&[0b0000_0100, len as u8]);
+    }
+    dst.extend_from_slice(body);
+}
+
 impl Encoder for ZmqCodec {
     type Error = CodecError;
     type Item<'a> = Message;
@@ -187,10 +264,14 @@ impl Encoder for ZmqCodec {
         match message {
             Message::Greeting(payload) => dst.unsplit(payload.into()),
             Message::Command(command) => dst.unsplit(command.into()),
+            Message::RawCommand(body) => encode_command(&body, dst),
             Message::Message(message) => {
                 let last_element = message.len() - 1;
                 for (idx, part) in message.iter().enumerate() {
-                    encode_frame(part, dst, idx != last_element);
+                    match &mut self.sealer {
+                        Some(sealer) => sealer.seal_frame(part, idx != last_element, dst)?,
+                        None => encode_frame(part, dst, idx != last_element),
+                    }
                 }
             }
         }
