@@ -173,11 +173,13 @@ if ! "$PY" -c 'import json,sys; sys.exit(0 if "tasks_per_s" in json.load(open(sy
 fi
 
 # ---------------------------------------------------------------- 1b. htex bench (no-op)
-# htex_bench N: sets BENCH to the JSON line of `htex bench --tasks N` (not run in $(...), so that
-# its process group is registered with the trap).
+# htex_bench N [FLAGS...]: sets BENCH to the JSON line of `htex bench --tasks N FLAGS` (not run in
+# $(...), so that its process group is registered with the trap).
 htex_bench() {
-    run_phase "$WORK/bench.log" "$HTEX" bench --tasks "$1" --managers 1 --workers "$W" || {
-        log "htex bench --tasks $1 failed:"
+    local n=$1
+    shift
+    run_phase "$WORK/bench.log" "$HTEX" bench --tasks "$n" --managers 1 --workers "$W" "$@" || {
+        log "htex bench --tasks $n $* failed:"
         tail -n 20 "$WORK/bench.log" >&2
         return 1
     }
@@ -201,6 +203,11 @@ for attempt in 1 2 3; do
     log "htex bench ran only $WALL s; again with --tasks $N_NOOP"
 done
 printf '%s\n' "$HTEX_NOOP" >"$WORK/htex-noop.json"
+# The same N again with CURVE on both interchange ports, as Parsl's default encrypts its sockets.
+log "htex bench --tasks $N_NOOP --encrypted"
+if htex_bench "$N_NOOP" --encrypted; then
+    printf '%s\n' "$BENCH" >"$WORK/htex-noop-encrypted.json"
+fi
 
 # ---------------------------------------------------------------- 2a. HyperQueue (N `true` processes)
 if [[ -z "$HQ_REASON" ]]; then
@@ -259,6 +266,7 @@ meta = {"date": env["R_STAMP"], "host_cores": int(env["R_CORES"]), "load_start":
         "versions": {"python": env["R_PYTHON"], "parsl": env["R_PARSL"], "hyperqueue": env["R_HQ"] or None,
                      "htex": env["R_HTEX"], "htex_rev": env["R_REV"]}}
 parsl, hnoop = load("parsl.json"), load("htex-noop.json")
+hcurve = load("htex-noop-encrypted.json")
 hq, hrun = load("hq.json"), load("htex-run.json")
 hq_reason = env["R_HQ_REASON"]
 def ratio(a, b, key="tasks_per_s"):
@@ -267,7 +275,9 @@ def ratio(a, b, key="tasks_per_s"):
     except (TypeError, KeyError, ZeroDivisionError):
         return None
 line1 = dict(meta, comparison="noop: parsl-perf (Parsl HTEX) vs htex bench",
-             parsl=parsl, htex=hnoop, ratio_htex_over_parsl=ratio(hnoop, parsl))
+             parsl=parsl, htex=hnoop, ratio_htex_over_parsl=ratio(hnoop, parsl),
+             htex_encrypted=hcurve, ratio_htex_encrypted_over_parsl=ratio(hcurve, parsl),
+             ratio_htex_encrypted_over_plain=ratio(hcurve, hnoop))
 line2 = dict(meta, comparison="command true: HyperQueue vs htex run",
              hyperqueue_note=env["R_HQ_NOTE"], htex=hrun)
 if hq and not hq_reason:
@@ -292,7 +302,10 @@ print()
 print(f"{'comparison (W=' + str(meta['workers']) + ')':<26}{'system':<24}{'tasks':>9}{'wall_s':>9}{'tasks/s':>11}")
 row("no-op task", f"parsl {meta['versions']['parsl']}", parsl)
 row("", "htex bench", hnoop)
-print(f"{'':<26}ratio htex/parsl = {line1['ratio_htex_over_parsl']}")
+row("", "htex bench --encrypted", hcurve)
+print(f"{'':<26}ratio htex/parsl = {line1['ratio_htex_over_parsl']}, "
+      f"encrypted htex/parsl = {line1['ratio_htex_encrypted_over_parsl']}, "
+      f"encrypted/plain htex = {line1['ratio_htex_encrypted_over_plain']}")
 row("`true` process", f"hyperqueue {meta['versions']['hyperqueue']}", line2["hyperqueue"])
 row("", "htex run", hrun)
 if "ratio_htex_over_hq" in line2:

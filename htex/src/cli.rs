@@ -8,13 +8,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use htex_client::Client;
-use htex_interchange::{Interchange, InterchangeConfig};
 use htex_protocol::{Command, StatusReport};
 
 use htex_local::LocalCluster;
 
-pub(crate) use crate::common::{default_workers, shutdown_signal};
-use crate::common::{parse_bytes, seconds};
+use crate::common::default_workers;
 use crate::run::run_tasks;
 use crate::taskfile;
 
@@ -36,7 +34,7 @@ enum Commands {
     /// Send a task file to a running interchange and wait for every result.
     Submit(SubmitArgs),
     /// Start an interchange: the client port and the manager port.
-    Interchange(InterchangeArgs),
+    Interchange(Box<crate::interchange_cmd::InterchangeArgs>),
     /// Start a manager: connects to an interchange and runs one worker per slot.
     Manager(Box<crate::manager_cmd::ManagerArgs>),
     /// Serve tasks on stdin/stdout (what a manager spawns; not for direct use).
@@ -45,6 +43,16 @@ enum Commands {
     Bench(crate::bench::BenchArgs),
     /// Show an interchange's managers, slots, load and queue.
     Status(StatusArgs),
+    /// Show the blocks of managers the interchange's provider started (Slurm jobs, local
+    /// processes): job id, state, managers, age, idle time, time left, and the last scaling
+    /// decision.
+    Blocks {
+        #[command(flatten)]
+        target: InterchangeAddress,
+        /// Resume scaling paused after failed submissions.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Stop sending tasks to a manager; it finishes what it has and exits.
     Drain {
         #[command(flatten)]
@@ -129,44 +137,6 @@ impl InterchangeAddress {
 }
 
 #[derive(Args)]
-struct InterchangeArgs {
-    /// Address to listen on; 0.0.0.0 for every interface.
-    #[arg(long, default_value = "127.0.0.1")]
-    address: String,
-    /// Client port (0 picks a free one).
-    #[arg(long, default_value_t = 0)]
-    client_port: u16,
-    /// Manager port (0 picks a free one).
-    #[arg(long, default_value_t = 0)]
-    manager_port: u16,
-    /// Write the bound endpoints to this file as JSON.
-    #[arg(long)]
-    addresses_file: Option<PathBuf>,
-    /// Seconds between heartbeats.
-    #[arg(long, default_value_t = 2.0)]
-    heartbeat_period: f64,
-    /// Seconds of silence after which a manager is lost.
-    #[arg(long, default_value_t = 6.0)]
-    heartbeat_threshold: f64,
-    /// The largest message accepted or sent (e.g. 64M); a task or result travels if it fits one
-    /// with 64 KiB to spare, and a larger one ends with a clear error.
-    #[arg(long, value_parser = parse_bytes)]
-    max_frame_bytes: Option<usize>,
-    /// Bytes of task specs the interchange holds (queued or on managers) before submissions
-    /// wait (default: a quarter of this machine's memory).
-    #[arg(long, value_parser = parse_bytes)]
-    max_queued_bytes: Option<usize>,
-    /// CURVE keys: DIR/server.key_secret, and the public keys allowed in DIR/clients/*.key
-    /// (client port) and DIR/managers/*.key (manager port). Removing a file revokes its key.
-    #[arg(long, value_name = "DIR")]
-    keys: Option<PathBuf>,
-    /// Listen in plaintext on a non-loopback address (refused otherwise): anyone who reaches
-    /// the ports can submit tasks or pose as a manager.
-    #[arg(long)]
-    insecure: bool,
-}
-
-#[derive(Args)]
 struct StatusArgs {
     #[command(flatten)]
     target: InterchangeAddress,
@@ -234,7 +204,8 @@ async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
     match command {
         Commands::Run(args) => run(args).await,
         Commands::Submit(args) => submit(args).await,
-        Commands::Interchange(args) => interchange(args).await,
+        Commands::Interchange(args) => crate::interchange_cmd::interchange(*args).await,
+        Commands::Blocks { target, resume } => blocks(target, resume).await,
         Commands::Manager(args) => crate::manager_cmd::manager(*args).await,
         Commands::Status(args) => status(args).await,
         Commands::Bench(args) => crate::bench::bench(args).await,
@@ -323,34 +294,18 @@ async fn write_results(
     })
 }
 
-async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = InterchangeConfig {
-        client_bind: format!("tcp://{}:{}", args.address, args.client_port),
-        manager_bind: format!("tcp://{}:{}", args.address, args.manager_port),
-        heartbeat_period: seconds("heartbeat-period", args.heartbeat_period)?,
-        heartbeat_threshold: seconds("heartbeat-threshold", args.heartbeat_threshold)?,
-        addresses_file: args.addresses_file,
-        keys: args.keys,
-        insecure: args.insecure,
-        ..InterchangeConfig::default()
-    };
-    if let Some(bytes) = args.max_frame_bytes {
-        config.max_frame_bytes = bytes;
-        config.manager_window_bytes = 4 * bytes;
-        config.max_peer_backlog_bytes = 4 * bytes;
+async fn blocks(target: InterchangeAddress, resume: bool) -> anyhow::Result<ExitCode> {
+    let client = target.connect().await?;
+    if resume {
+        client.command(Command::ResumeScaling).await?;
+        println!("scaling resumed");
     }
-    if let Some(bytes) = args.max_queued_bytes {
-        config.max_queued_bytes = bytes;
+    let report = client.status().await?;
+    client.close().await;
+    match &report.scaling {
+        Some(scaling) => crate::interchange_cmd::print_blocks(scaling),
+        None => println!("this interchange has no provider: its managers are started by hand"),
     }
-    let interchange = Interchange::start(config).await?;
-    println!("client endpoint: {}", interchange.client_endpoint());
-    println!("manager endpoint: {}", interchange.manager_endpoint());
-    let stopper = interchange.stopper();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stopper.stop();
-    });
-    interchange.wait().await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -391,6 +346,16 @@ fn print_status(report: &StatusReport) {
              as a manager"
         ),
         other => println!("links: {other}"),
+    }
+    if let Some(scaling) = &report.scaling {
+        let live = scaling.blocks.iter().filter(|b| b.state != "ended").count();
+        println!(
+            "blocks ({}): {live} live of {}..{}; {}",
+            scaling.provider, scaling.min_blocks, scaling.max_blocks, scaling.decision
+        );
+        if let Some(paused) = &scaling.paused {
+            println!("WARNING: block scaling {paused}");
+        }
     }
     for m in &report.managers {
         println!(

@@ -16,8 +16,12 @@
 mod core;
 mod queue;
 mod records;
+pub mod scaling;
 mod shell;
 mod task_table;
+
+pub use htex_provider::{Launcher, ProviderConfig, ProviderKind};
+pub use scaling::ScalingConfig;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,6 +63,10 @@ pub struct InterchangeConfig {
     pub keys: Option<PathBuf>,
     /// Plaintext on a non-loopback address, which is otherwise refused.
     pub insecure: bool,
+    /// Where blocks of managers come from, when the interchange starts them itself.
+    pub provider: Option<ProviderConfig>,
+    /// How many blocks it keeps, and when it adds and releases them (with `provider`).
+    pub scaling: ScalingConfig,
 }
 
 impl Default for InterchangeConfig {
@@ -77,6 +85,8 @@ impl Default for InterchangeConfig {
             addresses_file: None,
             keys: None,
             insecure: false,
+            provider: None,
+            scaling: ScalingConfig::default(),
         }
     }
 }
@@ -136,6 +146,19 @@ impl InterchangeConfig {
                 "the peer backlog budget ({} bytes) must be at least --max-frame-bytes ({})",
                 self.max_peer_backlog_bytes, self.max_frame_bytes
             ));
+        }
+        if let Some(provider) = &self.provider {
+            provider
+                .validate()
+                .map_err(|e| InterchangeError::Config(format!("[provider] {e}")))?;
+            self.scaling.validate()?;
+            if self.keys.is_some() && provider.manager_key.is_none() {
+                return fail(
+                    "[provider] manager_key is needed with --keys: the secret key file the \
+                     managers it starts use (its public key in KEYS/managers)"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }
@@ -248,6 +271,94 @@ fn port_security(
     ))
 }
 
+/// Builds the provider, the manager command line its blocks run, and the scaling state.
+fn start_provider(
+    config: &InterchangeConfig,
+    provider: &ProviderConfig,
+    manager_endpoint: &str,
+    inputs: &mpsc::Sender<shell::Inbound>,
+) -> Result<(shell::ProviderThread, core::Scaling), InterchangeError> {
+    let bad = |m: String| InterchangeError::Config(format!("[provider] {m}"));
+    let built = htex_provider::build(provider).map_err(|e| bad(e.to_string()))?;
+    let htex = match &provider.htex {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| bad(format!("cannot find the htex executable for managers: {e}")))?,
+    };
+    let endpoint = htex_transport::normalize_endpoint(manager_endpoint);
+    let (host, port) = endpoint
+        .strip_prefix("tcp://")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .ok_or_else(|| bad(format!("managers cannot reach {manager_endpoint}: not TCP")))?;
+    let host = match &provider.address {
+        Some(address) => address.clone(),
+        None if host == "0.0.0.0" || host == "*" || host == "[::]" => this_host(),
+        None => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    };
+    let mut manager = vec![
+        htex.to_string_lossy().into_owned(),
+        "manager".into(),
+        "--interchange".into(),
+        host,
+        "--port".into(),
+        port.to_string(),
+    ];
+    if let (Some(keys), Some(key)) = (&config.keys, &provider.manager_key) {
+        manager.push("--server-key".into());
+        manager.push(
+            absolute(&keys.join("server.key"))
+                .to_string_lossy()
+                .into_owned(),
+        );
+        manager.push("--key".into());
+        manager.push(absolute(key).to_string_lossy().into_owned());
+    }
+    manager.extend(provider.manager_args.iter().cloned());
+    let run_dir = absolute(&provider.run_dir);
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| bad(format!("cannot make run_dir {}: {e}", run_dir.display())))?;
+    let shape = core::BlockShape {
+        kind: built.kind(),
+        managers_per_block: built.managers_per_block(),
+        walltime: built.walltime(),
+        slots_estimate: provider.slots_per_block_estimate(),
+    };
+    tracing::info!(
+        provider = shape.kind,
+        run_dir = %run_dir.display(),
+        min_blocks = config.scaling.min_blocks,
+        max_blocks = config.scaling.max_blocks,
+        "scaling blocks of managers"
+    );
+    let thread = shell::ProviderThread::spawn(built, run_dir, manager, inputs.clone());
+    Ok((thread, core::Scaling::new(config.scaling.clone(), shape)))
+}
+
+fn absolute(path: &std::path::Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// This machine's host name, for managers on other nodes.
+fn this_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
 /// A running interchange.
 pub struct Interchange {
     client_endpoint: String,
@@ -286,10 +397,18 @@ impl Interchange {
         }
         tracing::info!(%client_endpoint, %manager_endpoint, "interchange listening");
         let (inputs_tx, inputs_rx) = mpsc::channel(shell::INCOMING_QUEUE);
+        let (provider, scaling) = match &config.provider {
+            Some(p) => {
+                let (thread, scaling) = start_provider(&config, p, &manager_endpoint, &inputs_tx)?;
+                (Some(thread), Some(scaling))
+            }
+            None => (None, None),
+        };
         let limit = config.max_frame_bytes;
         shell::spawn_reader(core::Side::Client, clients.recv, limit, inputs_tx.clone());
         shell::spawn_reader(core::Side::Manager, managers.recv, limit, inputs_tx);
         let shell_config = shell::ShellConfig {
+            provider,
             tick: config.heartbeat_period,
             max_frame_bytes: config.max_frame_bytes,
             backlog_budget: config.max_peer_backlog_bytes,
@@ -300,7 +419,7 @@ impl Interchange {
             managers: managers.send,
         };
         let (stop, stop_rx) = mpsc::unbounded_channel();
-        let core = core::Core::new(config, security, core::Now::read());
+        let core = core::Core::new(config, security, scaling, core::Now::read());
         let task = tokio::spawn(shell::run(core, routers, shell_config, inputs_rx, stop_rx));
         Ok(Interchange {
             client_endpoint,

@@ -26,6 +26,11 @@ impl TaskQueue {
         }
     }
 
+    /// Entries, stale ones included: at least the queued tasks of the class.
+    pub fn len(&self) -> usize {
+        self.by_priority.values().map(VecDeque::len).sum()
+    }
+
     /// The first entry, with its priority.
     pub fn peek(&self) -> Option<(i32, GlobalId)> {
         let (&priority, fifo) = self.by_priority.last_key_value()?;

@@ -75,6 +75,9 @@ pub(crate) struct TaskRecord {
     pub dispatched_us: u64,
     /// How many managers were lost while holding the task.
     pub losses: u32,
+    /// The task's declared time limit in whole seconds, rounded up (0: none): a block whose
+    /// walltime ends sooner is not sent it.
+    pub timeout_s: u32,
 }
 
 impl TaskRecord {

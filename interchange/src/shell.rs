@@ -14,7 +14,9 @@ use htex_protocol::{
 use htex_transport::{RouterRecvHalf, RouterSendHalf, SocketRecv, TrySendError, ZmqMessage};
 use tokio::sync::mpsc;
 
-use crate::core::{BadFrame, Core, Effect, Effects, Incoming, Input, Now, Side};
+use crate::core::{
+    BadFrame, Core, Effect, Effects, Incoming, Input, Now, ProviderAction, ProviderEvent, Side,
+};
 
 /// Most inputs applied between two flushes.
 const EVENT_BURST: usize = 4096;
@@ -43,6 +45,8 @@ impl Routers {
 
 /// What the loop needs besides the core.
 pub(crate) struct ShellConfig {
+    /// Where the provider thread takes the core's provider actions, when there is one.
+    pub provider: Option<ProviderThread>,
     pub tick: Duration,
     pub max_frame_bytes: usize,
     /// Bytes queued for one peer past which it counts as not reading.
@@ -114,13 +118,74 @@ fn decode_frame<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The thread that runs the provider's commands (each may take seconds: `sbatch`, `squeue`),
+/// one at a time, and feeds the answers back to the loop as inputs.
+pub(crate) struct ProviderThread {
+    actions: std::sync::mpsc::Sender<ProviderAction>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ProviderThread {
+    pub fn spawn(
+        mut provider: Box<dyn htex_provider::Provider>,
+        run_dir: std::path::PathBuf,
+        manager: Vec<String>,
+        inputs: mpsc::Sender<Inbound>,
+    ) -> ProviderThread {
+        let (actions, queue) = std::sync::mpsc::channel::<ProviderAction>();
+        let thread = std::thread::Builder::new()
+            .name("htex-provider".into())
+            .spawn(move || {
+                while let Ok(action) = queue.recv() {
+                    let event = match action {
+                        ProviderAction::Submit { block } => {
+                            let request = htex_provider::BlockRequest {
+                                block,
+                                dir: run_dir.join(format!("b{block}")),
+                                manager: manager.clone(),
+                            };
+                            let result = provider.submit(&request).map_err(|e| e.to_string());
+                            ProviderEvent::Submitted { block, result }
+                        }
+                        ProviderAction::Poll { jobs } => {
+                            ProviderEvent::Polled(provider.status(&jobs).map_err(|e| e.to_string()))
+                        }
+                        ProviderAction::Cancel { block, job } => {
+                            tracing::info!(block = %format!("b{block}"), job = %job, "cancelling block");
+                            let result = provider.cancel(&[job]).map_err(|e| e.to_string());
+                            ProviderEvent::Cancelled { block, result }
+                        }
+                    };
+                    // After shutdown nobody reads: the remaining actions (cancels) still run.
+                    let _ = inputs.blocking_send((Input::Provider(event), 0));
+                }
+            })
+            .expect("a thread for the provider");
+        ProviderThread { actions, thread }
+    }
+
+    /// Runs what is queued (cancels at shutdown), within `timeout`.
+    async fn finish(self, timeout: Duration) {
+        drop(self.actions);
+        let joined = tokio::task::spawn_blocking(move || self.thread.join());
+        if tokio::time::timeout(timeout, joined).await.is_err() {
+            tracing::warn!(
+                "the provider's last commands did not finish within {:.0} s",
+                timeout.as_secs_f64()
+            );
+        }
+    }
+}
+
 pub(crate) async fn run(
     mut core: Core,
     routers: Routers,
-    config: ShellConfig,
+    mut config: ShellConfig,
     mut inputs: mpsc::Receiver<Inbound>,
     mut stop: mpsc::UnboundedReceiver<()>,
 ) {
+    let provider = config.provider.take();
+    let actions = provider.as_ref().map(|p| p.actions.clone());
     let mut out = Effects::default();
     let mut backlog = Backlog::default();
     let mut next_tick = tokio::time::Instant::now() + config.tick;
@@ -146,7 +211,14 @@ pub(crate) async fn run(
             next_tick = tokio::time::Instant::now() + config.tick;
             backlog.check(&routers, &config, &mut core, &mut out);
         }
-        let queued = apply_effects(&routers, &mut core, &mut out, &mut backlog, &config);
+        let queued = apply_effects(
+            &routers,
+            &mut core,
+            &mut out,
+            &mut backlog,
+            &config,
+            actions.as_ref(),
+        );
         if queued >= config.max_frame_bytes.min(1 << 20) {
             // Let the connections' writers put big frames on the wire before more pile up.
             tokio::task::yield_now().await;
@@ -157,6 +229,12 @@ pub(crate) async fn run(
     }
     // zmq.rs gives no way to wait for queued frames to reach the wire: give them a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The provider's answers are not read any more: it must never wait on a full queue.
+    drop(inputs);
+    drop(actions);
+    if let Some(provider) = provider {
+        provider.finish(Duration::from_secs(60)).await;
+    }
     tracing::info!("interchange stopped");
 }
 
@@ -202,6 +280,7 @@ fn apply_effects(
     out: &mut Effects,
     backlog: &mut Backlog,
     config: &ShellConfig,
+    provider: Option<&std::sync::mpsc::Sender<ProviderAction>>,
 ) -> usize {
     let mut queued_total = 0;
     // Stalling a peer makes effects of its own (a drop, cancels): applied in the next pass.
@@ -243,6 +322,12 @@ fn apply_effects(
                     backlog.forget(side, &peer);
                     routers.side(side).disconnect(&peer);
                 }
+                Effect::Provider(action) => match provider {
+                    Some(p) => {
+                        let _ = p.send(action);
+                    }
+                    None => tracing::error!("a provider action with no provider: {action:?}"),
+                },
                 Effect::Stopped => {}
             }
         }

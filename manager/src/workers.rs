@@ -86,11 +86,11 @@ impl WorkerProcess {
                 };
                 events.send(event).is_ok()
             });
-            let detail = supervise(child, pid, exit, reader).await;
+            let (detail, by_signal) = supervise(child, pid, exit, reader).await;
             let _ = events.send(Event::Worker {
                 slot: slot_index,
                 generation,
-                event: WorkerEvent::Exited(detail),
+                event: WorkerEvent::Exited { detail, by_signal },
             });
         });
         Ok(WorkerProcess { pid, input })
@@ -141,7 +141,7 @@ async fn supervise(
     pid: u32,
     exit: Option<AsyncFd<OwnedFd>>,
     reader: impl std::future::Future<Output = String>,
-) -> String {
+) -> (String, bool) {
     tokio::pin!(reader);
     let first = match &exit {
         Some(exit) => tokio::select! {
@@ -182,6 +182,7 @@ async fn supervise(
         Some(status) => status,
         None => child.wait().await,
     };
+    let by_signal = status.as_ref().is_ok_and(|s| s.signal().is_some());
     let status = match status {
         Ok(status) => match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit status {code}"),
@@ -190,7 +191,10 @@ async fn supervise(
         },
         Err(e) => format!("unknown status ({e})"),
     };
-    format!("worker pid {pid} ended ({status}; {why})")
+    (
+        format!("worker pid {pid} ended ({status}; {why})"),
+        by_signal,
+    )
 }
 
 /// The runners, as JSON for `HTEX_RUNNERS`.

@@ -92,6 +92,8 @@ pub enum Command {
     },
     /// Stop managers and the interchange; outstanding tasks end with `Cancelled`.
     Shutdown,
+    /// Scaling paused after failed submissions goes on (the failure count starts again).
+    ResumeScaling,
 }
 
 /// Answers on the command channel.
@@ -122,6 +124,48 @@ pub struct StatusReport {
     /// `plaintext (--insecure)`.
     #[serde(default)]
     pub security: String,
+    /// Blocks and the scaling loop, when the interchange has a provider.
+    #[serde(default)]
+    pub scaling: Option<Box<ScalingReport>>,
+}
+
+/// The scaling loop: its provider, its blocks, and why it did what it did last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingReport {
+    /// `slurm` or `local`.
+    pub provider: String,
+    pub min_blocks: u32,
+    pub max_blocks: u32,
+    /// Blocks, live first, then the most recent ended ones.
+    pub blocks: Vec<BlockReport>,
+    /// The last decision, as a sentence ("backlog of 30 tasks ...: submitting 1 block").
+    pub decision: String,
+    /// Why submissions are paused (after failures in a row), if they are.
+    pub paused: Option<String>,
+    /// The last provider error (a failed `sbatch`, `squeue` or `scancel`), with the command's
+    /// own words.
+    pub last_error: Option<String>,
+    /// Failed submissions in a row.
+    pub failures: u32,
+}
+
+/// One block as `htex blocks` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockReport {
+    pub block: String,
+    /// The batch system's id, once submitted.
+    pub job_id: Option<String>,
+    /// `submitting`, `pending`, `running`, `draining`, `cancelling` or `ended`.
+    pub state: String,
+    /// The scheduler's reason, or how and why it ended.
+    pub reason: Option<String>,
+    /// Managers of the block connected now.
+    pub managers: u32,
+    pub age_ms: u64,
+    /// How long all of its managers have held no task.
+    pub idle_ms: Option<u64>,
+    /// Until its walltime ends.
+    pub time_left_ms: Option<u64>,
 }
 
 /// One row of the manager table.

@@ -160,6 +160,7 @@ fn command() -> impl Strategy<Value = Command> {
         text().prop_map(|manager| Command::Hold { manager }),
         text().prop_map(|manager| Command::Release { manager }),
         Just(Command::Shutdown),
+        Just(Command::ResumeScaling),
     ]
 }
 
@@ -184,15 +185,38 @@ prop_compose! {
 }
 
 prop_compose! {
+    fn block_report()(
+        block in text(), job_id in maybe(text()), state in text(),
+        reason in maybe(text()), managers in any::<u32>(), age_ms in any::<u64>(),
+        idle_ms in maybe(any::<u64>()), time_left_ms in maybe(any::<u64>()),
+    ) -> BlockReport {
+        BlockReport { block, job_id, state, reason, managers, age_ms, idle_ms, time_left_ms }
+    }
+}
+
+prop_compose! {
+    fn scaling_report()(
+        provider in text(), min_blocks in any::<u32>(), max_blocks in any::<u32>(),
+        blocks in vec(block_report(), 0..3), decision in text(), paused in maybe(text()),
+        last_error in maybe(text()), failures in any::<u32>(),
+    ) -> ScalingReport {
+        ScalingReport {
+            provider, min_blocks, max_blocks, blocks, decision, paused, last_error, failures,
+        }
+    }
+}
+
+prop_compose! {
     fn status_report()(
         interchange in text(), protocol_version in any::<u32>(), uptime_ms in any::<u64>(),
         clients in any::<u32>(), queued in any::<u64>(), outstanding in any::<u64>(),
         managers in vec(manager_status(), 0..3), task_bytes in any::<u64>(),
         max_task_bytes in any::<u64>(), security in text(),
+        scaling in maybe(scaling_report().prop_map(Box::new)),
     ) -> StatusReport {
         StatusReport {
             interchange, protocol_version, uptime_ms, clients, queued, outstanding, managers,
-            task_bytes, max_task_bytes, security,
+            task_bytes, max_task_bytes, security, scaling,
         }
     }
 }

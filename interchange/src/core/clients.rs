@@ -124,6 +124,10 @@ impl Core {
                 let reply = match command {
                     Command::Status => CommandReply::Status(self.status(now)),
                     Command::Shutdown => CommandReply::Done,
+                    Command::ResumeScaling => match self.resume_scaling() {
+                        Ok(()) => CommandReply::Done,
+                        Err(message) => CommandReply::Error { message },
+                    },
                     other => self.manager_command(other, out),
                 };
                 out.send(
@@ -132,7 +136,7 @@ impl Core {
                     &ClientReply::CommandReply { request_id, reply },
                 );
                 if stop {
-                    self.shut_down(out);
+                    self.shut_down(now, out);
                 }
             }
             ClientRequest::Heartbeat => {}
@@ -390,6 +394,7 @@ impl Core {
             task_bytes: self.task_bytes as u64,
             max_task_bytes: self.config.max_queued_bytes as u64,
             security: self.security.to_string(),
+            scaling: self.scaling_report(now.at).map(Box::new),
         }
     }
 }

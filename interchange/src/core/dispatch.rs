@@ -134,6 +134,9 @@ struct Outgoing {
     free: usize,
     batch: Option<BatchEncoder>,
     item_limit: usize,
+    /// Until its block's walltime ends, when known: a task whose time limit is longer is not
+    /// sent to it.
+    time_left: Option<std::time::Duration>,
 }
 
 impl Core {
@@ -153,6 +156,7 @@ impl Core {
                 free: m.free(),
                 batch: None,
                 item_limit: max_item_bytes(m.max_frame_bytes),
+                time_left: self.time_left(now.at, m.registration.block_id.as_deref()),
             })
             .collect();
         if outgoing.is_empty() {
@@ -170,11 +174,16 @@ impl Core {
         }
         let n = outgoing.len();
         let window = self.config.manager_window_bytes;
+        // A task longer than a whole block's walltime fits no block: the rule does not hold it.
+        let walltime_s = self.block_walltime_s().unwrap_or(u64::MAX);
         while total_free > 0 {
             let Some((_, std::cmp::Reverse(gid), class)) = heads.pop() else {
                 break;
             };
-            let size = self.tasks.get(&gid).map_or(0, |t| t.bytes());
+            let (size, timeout_s) = self
+                .tasks
+                .get(&gid)
+                .map_or((0, 0), |t| (t.bytes(), t.timeout_s));
             let request = &self.classes.get(class).request;
             let cursor = self.managers.cursor % n;
             let chosen = (0..n).map(|i| (cursor + i) % n).find(|&i| {
@@ -182,6 +191,10 @@ impl Core {
                 let m = self.managers.get(o.key).expect("listed above");
                 o.free > 0
                     && size <= o.item_limit
+                    && (timeout_s == 0
+                        || u64::from(timeout_s) > walltime_s
+                        || o.time_left
+                            .is_none_or(|left| u64::from(timeout_s) <= left.as_secs()))
                     && m.has_window_for(size, window)
                     && m.has_room_for(request)
             });
@@ -279,12 +292,23 @@ impl Core {
             if now.at.duration_since(since) < grace {
                 continue;
             }
-            let reason = format!(
+            // Blocks the provider may still start could run it: it waits for them.
+            if self
+                .scaling
+                .as_ref()
+                .is_some_and(|s| s.could_serve(&c.request))
+            {
+                continue;
+            }
+            let mut reason = format!(
                 "`{}` fits no slot of the {} connected manager(s) after waiting {:.0} s",
                 c.request,
                 self.managers.len(),
                 grace.as_secs_f64()
             );
+            if let Some(paused) = self.scaling.as_ref().and_then(|s| s.paused()) {
+                reason.push_str(&format!("; block scaling is {paused}"));
+            }
             let tasks = &self.tasks;
             let expired = self.classes.get_mut(class).queue.drain_front_while(|gid| {
                 tasks.get(&gid).is_none_or(|t| {

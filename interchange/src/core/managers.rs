@@ -21,6 +21,9 @@ pub(crate) struct ManagerRecord {
     pub registration: Registration,
     pub state: ManagerState,
     pub last_seen: Instant,
+    /// The last time it was sent a task or sent a result: with no task held, it has been idle
+    /// since.
+    pub last_busy: Instant,
     /// Tasks it holds, running or prefetched.
     pub tasks: IdSet,
     /// The frame limit of the link to it (the smaller of both ends').
@@ -46,6 +49,7 @@ impl ManagerRecord {
             registration,
             state: ManagerState::Active,
             last_seen: now,
+            last_busy: now,
             tasks: IdSet::default(),
             max_frame_bytes,
             by_capability,
@@ -229,6 +233,9 @@ impl Core {
         match message {
             ManagerMessage::Register(_) => unreachable!("handled above"),
             ManagerMessage::Results(results) => {
+                if let Some(record) = self.managers.get_mut(key) {
+                    record.last_busy = now.at;
+                }
                 for result in results {
                     self.complete(key, result);
                 }
@@ -350,6 +357,9 @@ impl Core {
             orphaned,
         };
         out.send(Side::Manager, &peer, &welcome);
+        if previous.is_none() {
+            self.block_manager_registered(now, key, out);
+        }
         // Parked classes get another look now that new slots exist.
         self.classes.unpark_all();
     }
@@ -462,6 +472,12 @@ impl Core {
 
     /// Drops a manager; each task it held is queued again or, past its retries, `ManagerLost`.
     pub(super) fn lose_manager(&mut self, key: ManagerKey, why: &str) {
+        self.lose_manager_charged(key, why, true);
+    }
+
+    /// Loses a manager; its tasks go back to the queue, each loss counted against the task's
+    /// retries when `charge` (not when its block ended by walltime or was released by htex).
+    pub(super) fn lose_manager_charged(&mut self, key: ManagerKey, why: &str, charge: bool) {
         let Some(record) = self.managers.get(key) else {
             return;
         };
@@ -473,7 +489,7 @@ impl Core {
             tracing::warn!(manager = %name, tasks = held.len(), "manager lost: {why}");
         }
         for gid in held {
-            self.requeue(gid, Some(&name));
+            self.requeue(gid, charge.then_some(name.as_str()));
         }
         self.managers.remove(key);
         self.cancels.remove(&key);
@@ -485,7 +501,9 @@ impl Core {
             Command::Drain { manager }
             | Command::Hold { manager }
             | Command::Release { manager } => manager.clone(),
-            Command::Status | Command::Shutdown => unreachable!("not a manager command"),
+            Command::Status | Command::Shutdown | Command::ResumeScaling => {
+                unreachable!("not a manager command")
+            }
         };
         let Some(key) = self.managers.by_id(&target) else {
             let known: Vec<_> = self

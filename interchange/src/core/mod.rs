@@ -5,6 +5,7 @@
 //! (`shell.rs`) reads the sockets, applies the effects, and never waits on one peer. The core is
 //! tested on its own, with no ports and no processes (`tests.rs`).
 
+mod blocks;
 mod clients;
 mod dispatch;
 mod managers;
@@ -25,6 +26,8 @@ use crate::InterchangeConfig;
 use clients::Clients;
 use dispatch::Classes;
 use managers::Managers;
+
+pub(crate) use blocks::{BlockShape, ProviderAction, ProviderEvent, Scaling};
 
 /// Which of the two ports a peer is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,6 +70,8 @@ pub(crate) enum Input {
     Tick,
     /// Shut down: managers are told to stop and every outstanding task ends `Cancelled`.
     Stop,
+    /// The provider answered (a block submitted, the blocks' states, a cancel).
+    Provider(ProviderEvent),
 }
 
 pub(crate) enum Effect {
@@ -77,6 +82,8 @@ pub(crate) enum Effect {
     },
     /// Close the peer's connection (and drop what is queued for it).
     Disconnect { side: Side, peer: Bytes },
+    /// Ask the provider (submit, poll or cancel a block).
+    Provider(ProviderAction),
     /// The core shut down; nothing more comes.
     Stopped,
 }
@@ -133,12 +140,19 @@ pub(crate) struct Core {
     queued: usize,
     /// Cancels to send with the next flush, per manager.
     cancels: HashMap<ManagerKey, Vec<GlobalId>>,
+    /// Blocks of managers from a provider, when the interchange has one.
+    scaling: Option<Scaling>,
     stopped: bool,
 }
 
 impl Core {
     /// `security` says how the ports are secured, for `htex status`.
-    pub fn new(config: InterchangeConfig, security: &'static str, now: Now) -> Core {
+    pub fn new(
+        config: InterchangeConfig,
+        security: &'static str,
+        scaling: Option<Scaling>,
+        now: Now,
+    ) -> Core {
         Core {
             config,
             security,
@@ -150,6 +164,7 @@ impl Core {
             task_bytes: 0,
             queued: 0,
             cancels: HashMap::new(),
+            scaling,
             stopped: false,
         }
     }
@@ -174,9 +189,16 @@ impl Core {
             Input::Tick => {
                 self.acknowledge_clients(out);
                 self.on_tick(now, out);
+                self.scale(now, out);
+                self.dispatch(now, out);
                 self.flush(out);
             }
-            Input::Stop => self.shut_down(out),
+            Input::Stop => self.shut_down(now, out),
+            Input::Provider(event) => {
+                self.on_provider(now, event, out);
+                self.dispatch(now, out);
+                self.flush(out);
+            }
         }
     }
 
@@ -228,8 +250,9 @@ impl Core {
     }
 
     /// Tells managers to stop and ends every outstanding task with `Cancelled`.
-    fn shut_down(&mut self, out: &mut Effects) {
+    fn shut_down(&mut self, now: Now, out: &mut Effects) {
         tracing::info!(outstanding = self.tasks.len(), "interchange shutting down");
+        self.cancel_pending_blocks(now, out);
         for peer in self.managers.peers() {
             out.send(
                 Side::Manager,

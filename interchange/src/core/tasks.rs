@@ -69,6 +69,9 @@ impl Core {
                 received_us: now.epoch_us,
                 dispatched_us: 0,
                 losses: 0,
+                timeout_s: spec
+                    .timeout_ms
+                    .map_or(0, |ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
             },
         );
         Ok(())
@@ -107,10 +110,12 @@ impl Core {
         record.dispatched_us = now.epoch_us;
         self.queued -= 1;
         let request = &self.classes.get(record.class).request;
-        self.managers
+        let m = self
+            .managers
             .get_mut(manager)
-            .expect("the caller chose a registered manager")
-            .take(gid, request, record.task.0.len());
+            .expect("the caller chose a registered manager");
+        m.take(gid, request, record.task.0.len());
+        m.last_busy = now.at;
         Some(record.task.clone())
     }
 

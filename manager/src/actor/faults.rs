@@ -65,7 +65,7 @@ impl WorkerEvent {
     fn is_failure(&self) -> bool {
         match self {
             WorkerEvent::Reply(WorkerReply::Done(result)) => result.outcome.is_err(),
-            WorkerEvent::Exited(_) => true,
+            WorkerEvent::Exited { .. } => true,
             WorkerEvent::Reply(_) => false,
         }
     }

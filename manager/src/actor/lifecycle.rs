@@ -14,6 +14,10 @@ use crate::workers::WorkerProcess;
 /// A worker that dies sooner than this after starting is restarted with a growing delay.
 const QUICK_DEATH: Duration = Duration::from_secs(1);
 
+/// How long the `WorkerLost` of a worker killed by a signal from outside waits, in case the
+/// same signal reaches this manager (the end of a batch job) and the task should run again.
+const SIGNAL_GRACE: Duration = Duration::from_secs(1);
+
 impl WorkerPipe for WorkerProcess {
     fn send(&self, request: &htex_protocol::WorkerRequest) {
         WorkerProcess::send(self, request)
@@ -32,7 +36,7 @@ impl State {
                 self.slots[index].state = SlotState::Idle;
             }
             WorkerEvent::Reply(WorkerReply::Done(result)) => self.on_done(index, result),
-            WorkerEvent::Exited(detail) => self.on_exit(index, detail),
+            WorkerEvent::Exited { detail, by_signal } => self.on_exit(index, detail, by_signal),
         }
     }
 
@@ -54,7 +58,7 @@ impl State {
 
     /// A worker died (or was killed): its task ends, the tasks in its pipe go back, and a new
     /// worker starts.
-    fn on_exit(&mut self, index: usize, detail: String) {
+    fn on_exit(&mut self, index: usize, detail: String, by_signal: bool) {
         let slot = &mut self.slots[index];
         slot.process = None;
         let queued = std::mem::take(&mut slot.queued);
@@ -62,7 +66,7 @@ impl State {
             restart_at: Instant::now(),
         };
         match std::mem::replace(&mut slot.state, down) {
-            SlotState::Busy(task) => self.end_killed_task(index, task, detail),
+            SlotState::Busy(task) => self.end_killed_task(index, task, detail, by_signal),
             _ => tracing::warn!(slot = index, "{detail}"),
         }
         self.take_back(queued);
@@ -90,11 +94,29 @@ impl State {
     }
 
     /// Ends the task of a worker that died: as the manager decided when it killed it, else
-    /// `WorkerLost`.
-    fn end_killed_task(&mut self, index: usize, task: RunningTask, detail: String) {
+    /// `WorkerLost` — unless the manager itself is stopping on a signal, when the worker most
+    /// likely died of the same one (Slurm signals every process of a job it ends): the task is
+    /// not answered, and the interchange runs it again when this manager leaves (a loss counted
+    /// against its retries).
+    fn end_killed_task(
+        &mut self,
+        index: usize,
+        task: RunningTask,
+        detail: String,
+        by_signal: bool,
+    ) {
         if !task.owes_result() {
             return;
         }
+        if self.signalled && task.ending.is_none() {
+            tracing::warn!(
+                slot = index,
+                task = task.id,
+                "{detail} while this manager stops on a signal: the interchange runs the task again"
+            );
+            return;
+        }
+        let from_outside = by_signal && task.ending.is_none();
         let error = task.ending.unwrap_or_else(|| {
             tracing::warn!(slot = index, task = task.id, "{detail}");
             TaskError::WorkerLost { detail }
@@ -102,11 +124,22 @@ impl State {
         let mut result = TaskResult::error(task.id, error);
         result.slot = Some(self.slot_ref(index));
         result.attempts = 1;
-        self.outbox.push(result);
+        if from_outside {
+            self.suspect.push((Instant::now() + SIGNAL_GRACE, result));
+        } else {
+            self.outbox.push(result);
+        }
     }
 
     /// Kills the workers of tasks past their timeout, and starts the workers due to restart.
     pub(super) fn check_deadlines(&mut self, now: Instant) {
+        let (due, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.suspect)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.suspect = held;
+        for (_, result) in due {
+            self.outbox.push(result);
+        }
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
             match &slot.state {

@@ -64,7 +64,12 @@ pub(crate) enum Event {
 
 pub(crate) enum WorkerEvent {
     Reply(WorkerReply),
-    Exited(String),
+    /// `by_signal`: a signal ended it (the manager's own kills are told apart by the task's
+    /// `ending`).
+    Exited {
+        detail: String,
+        by_signal: bool,
+    },
 }
 
 /// Most events handled before pending tasks are assigned and results flushed.
@@ -171,6 +176,14 @@ pub(crate) struct State {
     pending: VecDeque<TaskSpec>,
     outbox: Outbox,
     draining: bool,
+    /// Draining because this process got SIGTERM or SIGINT (a batch job ending signals every
+    /// process of the job: a worker that dies now leaves its task to be run again).
+    signalled: bool,
+    /// `WorkerLost` results of workers a signal from outside killed, held until the instant
+    /// given: if this manager is signalled meanwhile (a batch job ending signals every process,
+    /// and the workers often die first), they are dropped and the interchange runs the tasks
+    /// again.
+    suspect: Vec<(Instant, TaskResult)>,
     /// When a drain gives up on running tasks and stops (`None`: not draining, or never).
     drain_deadline: Option<Instant>,
     last_heard: Instant,
@@ -214,6 +227,8 @@ impl State {
             slots,
             pending: VecDeque::new(),
             draining: false,
+            signalled: false,
+            suspect: Vec::new(),
             drain_deadline: None,
             last_heard: now,
             last_sent: now,
@@ -241,7 +256,16 @@ impl State {
                 registered,
             } => self.on_reconnected(generation, registered).await,
             Event::ReconnectFailed(error) => return Some(Err(error)),
-            Event::Drain => self.start_draining(),
+            Event::Drain => {
+                self.signalled = true;
+                for (_, result) in self.suspect.drain(..) {
+                    tracing::warn!(
+                        task = result.id,
+                        "its worker died of the signal this manager got: the interchange runs it again"
+                    );
+                }
+                self.start_draining();
+            }
             Event::Worker {
                 slot,
                 generation,
@@ -375,7 +399,7 @@ impl State {
     }
 
     fn drained(&self) -> bool {
-        self.draining && self.load() == 0 && self.outbox.is_empty()
+        self.draining && self.load() == 0 && self.outbox.is_empty() && self.suspect.is_empty()
     }
 }
 
