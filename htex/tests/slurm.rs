@@ -76,19 +76,7 @@ impl SlurmInterchange {
             command.env("PATH", format!("{}:{old}", bin.display()));
         }
         let process = Running(command.spawn().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let endpoints: serde_json::Value = loop {
-            let text = std::fs::read_to_string(&addresses).ok();
-            if let Some(value) = text.and_then(|t| serde_json::from_str(&t).ok()) {
-                break value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no addresses file: {}",
-                log_of(&dir)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let endpoints = common::read_endpoints(&addresses, &log_of(&dir)).await;
         let endpoint = endpoints["client"].as_str().unwrap().to_string();
         let port = endpoint.rsplit(':').next().unwrap().to_string();
         let client = Client::connect(&endpoint).await.unwrap();
@@ -163,8 +151,10 @@ fn squeue_state(job: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A directory with an `sbatch` that counts its calls into `calls` and runs the real one.
+/// A fresh `dir` with an `sbatch` (in `dir/bin`) that counts its calls into `dir/calls` and
+/// runs the real one.
 fn counting_sbatch(dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let real = String::from_utf8(
@@ -235,7 +225,6 @@ async fn a_backlog_scales_out_to_max_blocks_and_idle_blocks_drain_back_to_min() 
         return;
     }
     let calls_dir = std::env::temp_dir().join(format!("htex-slurm-calls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&calls_dir);
     let bin = counting_sbatch(&calls_dir);
     let ic = SlurmInterchange::start(
         "scale",
@@ -414,7 +403,6 @@ async fn a_failing_sbatch_backs_off_and_pauses_with_its_error_and_loses_no_task(
     }
     let calls_dir =
         std::env::temp_dir().join(format!("htex-slurm-fail-calls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&calls_dir);
     let bin = counting_sbatch(&calls_dir);
     // Partition `inactive` makes sbatch exit 1.
     let ic = SlurmInterchange::start(
@@ -526,7 +514,6 @@ async fn a_controller_blip_loses_no_block_and_submits_none_extra() {
     }
     let calls_dir =
         std::env::temp_dir().join(format!("htex-slurm-blip-calls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&calls_dir);
     let bin = counting_sbatch(&calls_dir);
     let ic = SlurmInterchange::start(
         "blip",

@@ -77,15 +77,7 @@ pub async fn interchange(name: &str, address: &str) -> TestInterchange {
         args.push("--insecure");
     }
     let process = htex(&args);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let endpoints: serde_json::Value = loop {
-        let text = std::fs::read_to_string(&addresses).ok();
-        if let Some(value) = text.and_then(|t| serde_json::from_str(&t).ok()) {
-            break value;
-        }
-        assert!(Instant::now() < deadline, "no addresses file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let endpoints = read_endpoints(&addresses, "").await;
     let endpoint = |key: &str| endpoints[key].as_str().unwrap().to_string();
     let manager_port = endpoint("manager").rsplit(':').next().unwrap().to_string();
     let client_port = endpoint("client").rsplit(':').next().unwrap().to_string();
@@ -93,6 +85,20 @@ pub async fn interchange(name: &str, address: &str) -> TestInterchange {
         process,
         client_endpoint: format!("tcp://127.0.0.1:{client_port}"),
         manager_port,
+    }
+}
+
+/// The endpoints an interchange wrote to its `--addresses-file` (waits up to 10 s for it;
+/// `context` goes into the panic when it never comes).
+pub async fn read_endpoints(addresses: &std::path::Path, context: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(addresses).ok();
+        if let Some(value) = text.and_then(|t| serde_json::from_str(&t).ok()) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "no addresses file {context}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
