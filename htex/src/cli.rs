@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use htex_client::Client;
+use htex_interchange::Interchange;
 use htex_protocol::{Command, StatusReport};
 
 use htex_local::LocalCluster;
@@ -88,6 +89,14 @@ struct RunArgs {
     /// Worker processes per manager (default: one per CPU core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Run on blocks of managers instead of the embedded cluster: an interchange config with
+    /// `[provider]` and `[scaling]` tables (e.g. examples/slurm.toml). The interchange runs in
+    /// this process and shuts its blocks down when the tasks are done.
+    #[arg(long, conflicts_with_all = ["managers", "workers"])]
+    config: Option<PathBuf>,
+    /// With `--config` naming `keys`: this client's secret key (its public half in KEYS/clients).
+    #[arg(long, requires = "config")]
+    key: Option<PathBuf>,
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
@@ -255,6 +264,9 @@ fn read_task_file(path: &PathBuf) -> anyhow::Result<Vec<taskfile::NamedTask>> {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tasks = read_task_file(&args.tasks)?;
+    if let Some(path) = &args.config {
+        return run_on_blocks(tasks, path, &args).await;
+    }
     let workers = args.workers.unwrap_or_else(default_workers);
     if args.managers == 0 || workers == 0 {
         bail!("--managers and --workers must be at least 1");
@@ -264,6 +276,54 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
     client.close().await;
     cluster.stop().await?;
+    outcome
+}
+
+/// `htex run --config`: an interchange with the file's provider, in this process, and a client
+/// of it; shutting the interchange down stops its managers, which ends their blocks.
+async fn run_on_blocks(
+    tasks: Vec<taskfile::NamedTask>,
+    path: &std::path::Path,
+    args: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let config = crate::interchange_cmd::interchange_config(
+        &crate::interchange_cmd::InterchangeArgs::from_file(path),
+    )?;
+    if config.provider.is_none() {
+        bail!(
+            "{} has no [provider] table: `htex run --config` runs its tasks on blocks of \
+             managers, and needs a provider to start them",
+            path.display()
+        );
+    }
+    let server_key = config.keys.as_ref().map(|dir| dir.join("server.key"));
+    if server_key.is_some() && args.key.is_none() {
+        bail!(
+            "{} names keys: pass --key with a client's secret key whose public half is in \
+             KEYS/clients",
+            path.display()
+        );
+    }
+    let interchange = Interchange::start(config).await?;
+    eprintln!(
+        "interchange: clients {}, managers {}",
+        interchange.client_endpoint(),
+        interchange.manager_endpoint()
+    );
+    let client_config = htex_client::ClientConfig {
+        server_key,
+        key: args.key.clone(),
+        ..htex_client::ClientConfig::default()
+    };
+    let outcome = match Client::connect_with(interchange.client_endpoint(), client_config).await {
+        Ok(client) => {
+            let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
+            client.close().await;
+            outcome
+        }
+        Err(e) => Err(e.into()),
+    };
+    interchange.shutdown().await?;
     outcome
 }
 

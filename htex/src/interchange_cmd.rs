@@ -60,6 +60,16 @@ pub struct InterchangeArgs {
     max_blocks: Option<u32>,
 }
 
+impl InterchangeArgs {
+    /// The options of a config file alone, no flags.
+    pub fn from_file(path: &std::path::Path) -> InterchangeArgs {
+        InterchangeArgs {
+            config: Some(path.to_path_buf()),
+            ..InterchangeArgs::default()
+        }
+    }
+}
+
 /// A byte count in the file: a number, or a string with a unit (`"64M"`).
 #[derive(Deserialize)]
 #[serde(untagged)]

@@ -1,5 +1,5 @@
-//! The `htex` binary as users run it: `htex run` on the shipped example and on bad task files,
-//! and a hand-started interchange and manager driven by `htex submit` and `htex status`.
+//! The `htex` binary as users run it: `htex run` on the shipped example (also on blocks of a
+//! local provider) and on bad task files, and a hand-started interchange and manager driven by `htex submit` and `htex status`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -58,6 +58,108 @@ fn run_executes_the_shipped_example() {
         stdout.contains(&format!("{tasks} succeeded, 0 failed")),
         "{stdout}"
     );
+}
+
+/// The processes whose command line holds every one of `words`.
+fn processes_with(words: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if words.iter().all(|w| argv.iter().any(|a| a == w)) {
+            found.push(argv.join(" "));
+        }
+    }
+    found
+}
+
+/// `htex run --quiet --config CONFIG --results RESULTS examples/tasks.jsonl`.
+fn run_example_with_config(config: &Path, results: &Path) -> std::process::Output {
+    Command::new(HTEX)
+        .args(["run", "--quiet", "--config"])
+        .arg(config)
+        .arg("--results")
+        .arg(results)
+        .arg(repo_file("examples/tasks.jsonl"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn run_with_a_local_provider_config_runs_every_task_on_blocks_and_stops_them() {
+    let dir = scratch("local-provider");
+    let config = dir.join("local.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "heartbeat_period = 0.5\n[provider]\nkind = \"local\"\nnodes_per_block = 2\n\
+             run_dir = \"{}\"\nmanager_args = [\"--workers\", \"2\"]\n\
+             [scaling]\nmax_blocks = 1\npoll_interval_s = 1\n",
+            dir.join("blocks").display()
+        ),
+    )
+    .unwrap();
+    let results = dir.join("results.jsonl");
+    let out = run_example_with_config(&config, &results);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines = result_lines(&results);
+    assert_eq!(lines.len(), 13, "{lines:?}");
+    assert!(lines.iter().all(|l| l["outcome"] == "success"), "{lines:?}");
+    // Both managers of the one block served: slots are named MANAGER/SLOT.
+    let managers: std::collections::HashSet<String> = lines
+        .iter()
+        .map(|l| {
+            l["slot"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        managers.iter().all(|m| m.starts_with("local-b1-")),
+        "{managers:?}"
+    );
+    for i in 0..2 {
+        assert!(dir.join(format!("blocks/b1/manager-{i}.stderr")).exists());
+    }
+    // The block's managers are gone once `htex run` returns.
+    let port = stderr
+        .split("managers tcp://")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace()).next())
+        .and_then(|endpoint| endpoint.rsplit(':').next())
+        .unwrap_or_else(|| panic!("no manager endpoint in: {stderr}"))
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_with(&["manager", "--port", &port]).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        processes_with(&["manager", "--port", &port]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn run_with_a_config_without_a_provider_is_refused_before_anything_runs() {
+    let dir = scratch("no-provider");
+    let config = dir.join("plain.toml");
+    std::fs::write(&config, "heartbeat_period = 1\n").unwrap();
+    let results = dir.join("results.jsonl");
+    let out = run_example_with_config(&config, &results);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has no [provider] table"), "{stderr}");
+    assert!(!results.exists());
 }
 
 #[test]

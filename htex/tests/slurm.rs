@@ -1,7 +1,7 @@
 //! Blocks of managers as real Slurm jobs (scripts/slurm/up.sh: 3 virtual nodes of 2 CPUs on
 //! this host): scale out under a backlog and back in after idle with drain, a block cancelled
 //! with `scancel`, walltime expiry mid-task, `sbatch` failing, a two-node block through `srun`,
-//! and the controller stopped for 20 s. Each test runs `htex interchange --config` as users do;
+//! the controller stopped for 20 s, and the shipped examples/slurm.toml under `htex run`. Each test runs `htex interchange --config` as users do;
 //! the tests take turns (the nodes are shared). Without Slurm they skip, and fail instead when
 //! HTEX_REQUIRE names `slurm` (CI).
 
@@ -568,4 +568,57 @@ async fn a_controller_blip_loses_no_block_and_submits_none_extra() {
         "{report:?}"
     );
     ic.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_slurm_example_runs_the_example_tasks_with_one_command() {
+    let _turn = TURN.lock().await;
+    if !slurm_is_up() {
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::temp_dir().join(format!("htex-slurm-example-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // As the README says: from any directory, `htex run TASKS --config examples/slurm.toml`.
+    let started = Instant::now();
+    let out = tokio::process::Command::new(HTEX)
+        .current_dir(&dir)
+        .args(["run", "--quiet", "--results", "results.jsonl", "--config"])
+        .arg(repo.join("examples/slurm.toml"))
+        .arg(repo.join("examples/tasks.jsonl"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("htex run ends within 120 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let results = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 13, "{results}");
+    assert!(lines.iter().all(|l| l["outcome"] == "success"), "{results}");
+    assert!(dir.join("htex-blocks/b1/submit.sh").exists());
+    println!("the example ran in {:?}", started.elapsed());
+    // Its blocks end with it: none left pending or running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let live = || {
+        let out = Command::new("squeue")
+            .args(["-h", "-t", "PENDING,RUNNING,COMPLETING", "-o", "%j"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|name| name.starts_with("htex-example-"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    while !live().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(live(), Vec::<String>::new());
 }

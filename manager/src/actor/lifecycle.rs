@@ -18,6 +18,21 @@ const QUICK_DEATH: Duration = Duration::from_secs(1);
 /// same signal reaches this manager (the end of a batch job) and the task should run again.
 const SIGNAL_GRACE: Duration = Duration::from_secs(1);
 
+/// Whether a command's result says a signal that ends jobs (TERM, KILL, INT, HUP) killed it.
+fn killed_from_outside(result: &TaskResult) -> bool {
+    let Err(TaskError::Failed {
+        output: Some(output),
+        ..
+    }) = &result.outcome
+    else {
+        return false;
+    };
+    matches!(
+        output.signal,
+        Some(libc::SIGTERM | libc::SIGKILL | libc::SIGINT | libc::SIGHUP)
+    )
+}
+
 impl WorkerPipe for WorkerProcess {
     fn send(&self, request: &htex_protocol::WorkerRequest) {
         WorkerProcess::send(self, request)
@@ -49,10 +64,27 @@ impl State {
             return;
         }
         // A GPU fault poisons the work the task did, even when it answered first.
+        let ended_by_manager = task.ending.is_some();
         if let Some(error @ TaskError::GpuFault { .. }) = task.ending {
             result.outcome = Err(error);
         }
         result.slot = Some(self.slot_ref(index));
+        // A command killed by a signal the manager did not send (the task's `ending` is unset)
+        // may have died of the signal that ends a batch job: it waits as a dead worker's task
+        // does, and is dropped if that signal reaches this manager too.
+        if !ended_by_manager && killed_from_outside(&result) {
+            if self.signalled {
+                tracing::warn!(
+                    slot = index,
+                    task = result.id,
+                    "the task's command was killed by a signal while this manager stops on one: \
+                     the interchange runs the task again"
+                );
+                return;
+            }
+            self.suspect.push((Instant::now() + SIGNAL_GRACE, result));
+            return;
+        }
         self.outbox.push(result);
     }
 
