@@ -59,6 +59,14 @@ pub struct BenchArgs {
     /// CURVE on every link: keys are made for the run (server, a client, a manager).
     #[arg(long)]
     encrypted: bool,
+    /// The interchange keeps a journal (`htex interchange --journal`) in the run's directory.
+    #[arg(long)]
+    journal: bool,
+    /// With `--queue-first --journal`: once every task is queued, `kill -9` the interchange
+    /// and start it again on the same journal and ports; report how long it took to listen
+    /// again, and run the tasks it restored.
+    #[arg(long, requires_all = ["journal", "queue_first"])]
+    restart: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -150,6 +158,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     if let Some(bytes) = args.max_queued_bytes {
         iargs.extend(["--max-queued-bytes".into(), bytes.to_string()]);
     }
+    let journal = dir.join("journal");
+    let _ = std::fs::remove_file(&journal);
+    if args.journal {
+        iargs.extend(["--journal".into(), path(&journal)]);
+    }
     let keys = dir.join("keys");
     if args.encrypted {
         use htex_transport::keys::keygen;
@@ -162,7 +175,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         iargs.extend(["--keys".into(), path(&keys)]);
     }
     let own = |name: &str| path(&dir.join("own").join(format!("{name}.key_secret")));
-    let interchange = spawn("interchange", &iargs)?;
+    let mut interchange = spawn("interchange", &iargs)?;
     let endpoints = wait_for_addresses(&addresses).await?;
     let manager_port = endpoints["manager"]
         .as_str()
@@ -208,6 +221,12 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     let config = ClientConfig {
         name: "bench".into(),
+        // A restart is noticed within this.
+        heartbeat_threshold: if args.restart {
+            Duration::from_secs(2)
+        } else {
+            ClientConfig::default().heartbeat_threshold
+        },
         server_key: args.encrypted.then(|| keys.join("server.key")),
         key: args
             .encrypted
@@ -246,8 +265,16 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             .window
             .min((PAYLOAD_WINDOW_BYTES / args.payload_bytes.max(1)).max(4));
     }
+    let restart = args.restart.then(|| Restart {
+        args: iargs.clone(),
+        addresses: addresses.clone(),
+        journal: journal.clone(),
+        client_endpoint: client_endpoint.clone(),
+        manager_port: manager_port.clone(),
+    });
     let (wall, mut latencies, failures, queued) = if args.queue_first {
-        let (wall, latencies, failures, queued) = queue_first(&client, &args, &interchange).await?;
+        let (wall, latencies, failures, queued) =
+            queue_first(&client, &args, &mut interchange, restart.as_ref()).await?;
         (wall, latencies, failures, Some(queued))
     } else {
         let (wall, latencies, failures) = drive(&client, &args).await;
@@ -284,6 +311,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         "window": args.window,
         "zero_worker": args.zero_worker,
         "encrypted": args.encrypted,
+        "journal": args.journal.then(|| json!({
+            "bytes_at_end": std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
+        })),
         "queue_first": args.queue_first,
         "queued": queued,
         "payload": payload,
@@ -333,6 +363,7 @@ async fn stalled_client(
         protocol_version: htex_protocol::PROTOCOL_VERSION,
         name: "stalled".into(),
         max_frame_bytes: net.max_frame_bytes as u64,
+        identity: String::new(),
     });
     send.send(frame(&hello)?).await?;
     let tasks = (bytes >> 20).max(1) as u64;
@@ -466,10 +497,48 @@ async fn drive(client: &Client, args: &BenchArgs) -> (Duration, Vec<u64>, usize)
 
 /// `--queue-first`: every task queued at the interchange while the managers are held, the
 /// interchange's memory read then, then the managers released; the wall time counts from there.
+/// How to start the interchange again for `--restart`.
+struct Restart {
+    args: Vec<String>,
+    addresses: PathBuf,
+    journal: PathBuf,
+    client_endpoint: String,
+    manager_port: String,
+}
+
+impl Restart {
+    /// `kill -9`, then the same command on the same ports; returns the new process and how
+    /// long it took to listen (its journal read).
+    async fn run(&self, interchange: &mut Service) -> anyhow::Result<Duration> {
+        let client_port = self.client_endpoint.rsplit(':').next().unwrap_or("0");
+        let mut args = self.args.clone();
+        args.extend([
+            "--client-port".into(),
+            client_port.to_string(),
+            "--manager-port".into(),
+            self.manager_port.clone(),
+        ]);
+        let _ = interchange.child.kill();
+        let _ = interchange.child.wait();
+        let _ = std::fs::remove_file(&self.addresses);
+        let started = Instant::now();
+        *interchange = spawn("interchange", &args)?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while std::fs::read_to_string(&self.addresses).is_err() {
+            if Instant::now() > deadline {
+                bail!("the restarted interchange did not listen within 300 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(started.elapsed())
+    }
+}
+
 async fn queue_first(
     client: &Client,
     args: &BenchArgs,
-    interchange: &Service,
+    interchange: &mut Service,
+    restart: Option<&Restart>,
 ) -> anyhow::Result<(Duration, Vec<u64>, usize, serde_json::Value)> {
     let ids: Vec<String> = (0..args.managers).map(|i| format!("bench-{i}")).collect();
     for manager in &ids {
@@ -507,7 +576,7 @@ async fn queue_first(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let queued = json!({
+    let mut queued = json!({
         "tasks": status.queued,
         "submitted": args.tasks,
         "task_bytes": status.task_bytes,
@@ -516,8 +585,20 @@ async fn queue_first(
         "interchange_rss_mb": interchange.rss_now_mb(),
     });
     let started = Instant::now();
-    for manager in ids {
-        expect_done(client.command(ClusterCommand::Release { manager }).await?)?;
+    if let Some(restart) = restart {
+        let journal_bytes = std::fs::metadata(&restart.journal)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let listening = restart.run(interchange).await?;
+        queued["journal_bytes"] = json!(journal_bytes);
+        queued["restart_to_listening_s"] =
+            json!((listening.as_secs_f64() * 1000.0).round() / 1000.0);
+        // The managers come back as new registrations, not held; the restored tasks go to
+        // them once the interchange stops waiting for managers that held some.
+    } else {
+        for manager in ids {
+            expect_done(client.command(ClusterCommand::Release { manager }).await?)?;
+        }
     }
     let mut latencies = Vec::with_capacity(args.tasks);
     let mut failures = 0;

@@ -58,6 +58,10 @@ pub struct InterchangeArgs {
     /// Most blocks at once (overrides `[scaling] max_blocks`).
     #[arg(long)]
     max_blocks: Option<u32>,
+    /// Keep a journal in FILE: every task accepted, every result until its client has it. A
+    /// restart on the same file after a crash restores them (made if missing).
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
 }
 
 impl InterchangeArgs {
@@ -103,6 +107,7 @@ struct InterchangeFile {
     insecure: Option<bool>,
     provider: Option<ProviderConfig>,
     scaling: Option<ScalingConfig>,
+    journal: Option<PathBuf>,
 }
 
 /// The config the flags and the file make; relative paths in the file, as in flags, are from
@@ -140,6 +145,7 @@ pub fn interchange_config(args: &InterchangeArgs) -> anyhow::Result<InterchangeC
         addresses_file: args.addresses_file.clone().or(file.addresses_file),
         keys: args.keys.clone().or(file.keys),
         insecure: args.insecure || file.insecure.unwrap_or(false),
+        journal: args.journal.clone().or(file.journal),
         ..InterchangeConfig::default()
     };
     let frame = match (args.max_frame_bytes, &file.max_frame_bytes) {

@@ -6,16 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{htex, manager, wait_for_managers};
+use common::{free_port, htex, manager, wait_for_managers};
 use htex_client::{Client, ClientConfig, ClientError, Task};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_interchange_fails_handles_and_managers_come_back_to_its_successor() {

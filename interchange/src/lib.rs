@@ -14,6 +14,7 @@
 //! ```
 
 mod core;
+pub mod journal;
 mod queue;
 mod records;
 pub mod scaling;
@@ -67,6 +68,9 @@ pub struct InterchangeConfig {
     pub provider: Option<ProviderConfig>,
     /// How many blocks it keeps, and when it adds and releases them (with `provider`).
     pub scaling: ScalingConfig,
+    /// The journal file: what the interchange accepted survives a crash, and a restart on
+    /// the same file restores it.
+    pub journal: Option<PathBuf>,
 }
 
 impl Default for InterchangeConfig {
@@ -87,6 +91,7 @@ impl Default for InterchangeConfig {
             insecure: false,
             provider: None,
             scaling: ScalingConfig::default(),
+            journal: None,
         }
     }
 }
@@ -198,6 +203,8 @@ pub enum InterchangeError {
         clients: String,
         managers: String,
     },
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 /// Whether an endpoint is reachable only from this machine (loopback TCP or IPC).
@@ -359,6 +366,33 @@ fn this_host() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// Reads the journal (off the runtime's thread: a large one takes seconds).
+async fn read_journal(path: PathBuf) -> Result<journal::Restored, InterchangeError> {
+    let started = std::time::Instant::now();
+    let shown = path.display().to_string();
+    let restored = tokio::task::spawn_blocking(move || journal::replay(&path))
+        .await
+        .map_err(|e| InterchangeError::Crashed(format!("reading the journal: {e}")))??;
+    if restored.torn_bytes > 0 {
+        tracing::warn!(
+            journal = %shown,
+            at = restored.end,
+            bytes = restored.torn_bytes,
+            "the journal's last write was cut short (a crash mid-write): recovered up to the \
+             last whole record, the torn bytes are cut off"
+        );
+    }
+    tracing::info!(
+        journal = %shown,
+        records = restored.records,
+        tasks = restored.tasks.len(),
+        clients = restored.clients.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "journal read"
+    );
+    Ok(restored)
+}
+
 /// A running interchange.
 pub struct Interchange {
     client_endpoint: String,
@@ -372,6 +406,12 @@ impl Interchange {
     pub async fn start(config: InterchangeConfig) -> Result<Interchange, InterchangeError> {
         config.validate()?;
         let (client_security, manager_security, security) = port_security(&config)?;
+        // The journal is read before the ports open: nobody connects to a half-restored
+        // interchange, and a damaged journal stops it here.
+        let restored = match &config.journal {
+            Some(path) => Some(read_journal(path.clone()).await?),
+            None => None,
+        };
         let net = |security| NetConfig {
             max_frame_bytes: config.max_frame_bytes,
             connect_timeout: config.heartbeat_threshold,
@@ -404,11 +444,22 @@ impl Interchange {
             }
             None => (None, None),
         };
+        let journal = match (&config.journal, &restored) {
+            (Some(path), Some(restored)) => {
+                let inputs = inputs_tx.clone();
+                let writer = journal::Writer::start(path, restored.end, move |event| {
+                    let _ = inputs.blocking_send((core::Input::Journal(event), 0));
+                })?;
+                Some(writer)
+            }
+            _ => None,
+        };
         let limit = config.max_frame_bytes;
         shell::spawn_reader(core::Side::Client, clients.recv, limit, inputs_tx.clone());
         shell::spawn_reader(core::Side::Manager, managers.recv, limit, inputs_tx);
         let shell_config = shell::ShellConfig {
             provider,
+            journal,
             tick: config.heartbeat_period,
             max_frame_bytes: config.max_frame_bytes,
             backlog_budget: config.max_peer_backlog_bytes,
@@ -419,7 +470,12 @@ impl Interchange {
             managers: managers.send,
         };
         let (stop, stop_rx) = mpsc::unbounded_channel();
-        let core = core::Core::new(config, security, scaling, core::Now::read());
+        let journal_state = config.journal.as_deref().map(core::JournalState::new);
+        let now = core::Now::read();
+        let mut core = core::Core::new(config, security, scaling, journal_state, now);
+        if let Some(restored) = restored {
+            core.restore(now, restored);
+        }
         let task = tokio::spawn(shell::run(core, routers, shell_config, inputs_rx, stop_rx));
         Ok(Interchange {
             client_endpoint,

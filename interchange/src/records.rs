@@ -56,6 +56,9 @@ pub(crate) enum TaskState {
     Queued,
     /// Sent to a manager, waiting for its result.
     Dispatched { manager: ManagerKey },
+    /// Accepted and in no queue yet: waiting for its journal record to be durable, or restored
+    /// from the journal and waiting for the manager that may hold it to register again.
+    Held,
 }
 
 /// An accepted task that has not been answered yet. The spec is kept encoded, as managers get

@@ -47,6 +47,8 @@ impl Routers {
 pub(crate) struct ShellConfig {
     /// Where the provider thread takes the core's provider actions, when there is one.
     pub provider: Option<ProviderThread>,
+    /// The journal's writer, with `--journal`.
+    pub journal: Option<crate::journal::Writer>,
     pub tick: Duration,
     pub max_frame_bytes: usize,
     /// Bytes queued for one peer past which it counts as not reading.
@@ -186,6 +188,7 @@ pub(crate) async fn run(
 ) {
     let provider = config.provider.take();
     let actions = provider.as_ref().map(|p| p.actions.clone());
+    let journal = config.journal.take();
     let mut out = Effects::default();
     let mut backlog = Backlog::default();
     let mut next_tick = tokio::time::Instant::now() + config.tick;
@@ -218,6 +221,7 @@ pub(crate) async fn run(
             &mut backlog,
             &config,
             actions.as_ref(),
+            journal.as_ref(),
         );
         if queued >= config.max_frame_bytes.min(1 << 20) {
             // Let the connections' writers put big frames on the wire before more pile up.
@@ -234,6 +238,10 @@ pub(crate) async fn run(
     drop(actions);
     if let Some(provider) = provider {
         provider.finish(Duration::from_secs(60)).await;
+    }
+    if let Some(journal) = journal {
+        // What the last inputs recorded is written before the interchange says it stopped.
+        let _ = tokio::task::spawn_blocking(move || journal.finish()).await;
     }
     tracing::info!("interchange stopped");
 }
@@ -281,6 +289,7 @@ fn apply_effects(
     backlog: &mut Backlog,
     config: &ShellConfig,
     provider: Option<&std::sync::mpsc::Sender<ProviderAction>>,
+    journal: Option<&crate::journal::Writer>,
 ) -> usize {
     let mut queued_total = 0;
     // Stalling a peer makes effects of its own (a drop, cancels): applied in the next pass.
@@ -327,6 +336,14 @@ fn apply_effects(
                         let _ = p.send(action);
                     }
                     None => tracing::error!("a provider action with no provider: {action:?}"),
+                },
+                Effect::Journal(batch) => match journal {
+                    Some(writer) => {
+                        if !writer.send(batch) {
+                            tracing::error!("the journal's writer stopped");
+                        }
+                    }
+                    None => tracing::error!("a journal record with no journal"),
                 },
                 Effect::Stopped => {}
             }

@@ -69,6 +69,38 @@ impl<T> TaskTable<T> {
         self.live += 1;
     }
 
+    /// Leaves the ids from the next one up to `id` unused (a table restored from a journal has
+    /// gaps where tasks were answered). Whole chunks of unused ids allocate nothing.
+    pub fn skip_to(&mut self, id: GlobalId) {
+        assert!(id >= self.next_id(), "ids only go forward");
+        if self.live == 0 {
+            self.chunks.clear();
+            self.base = id;
+            self.span = 0;
+            return;
+        }
+        while self.next_id() < id {
+            let in_chunk = self.span % CHUNK;
+            if in_chunk == 0 && id - self.next_id() >= CHUNK as u64 {
+                self.chunks.push_back(Chunk {
+                    entries: Vec::new(),
+                    live: 0,
+                });
+                self.span += CHUNK;
+                continue;
+            }
+            if in_chunk == 0 {
+                let entries = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+                self.chunks.push_back(Chunk { entries, live: 0 });
+            }
+            self.chunks.back_mut().expect("a chunk").entries.push(None);
+            self.span += 1;
+        }
+    }
+
     pub fn get(&self, id: &GlobalId) -> Option<&T> {
         let (chunk, at) = self.index(*id)?;
         self.chunks[chunk].entries.get(at)?.as_ref()
@@ -186,6 +218,34 @@ mod tests {
         assert_eq!(table.get(&(7 + n)), Some(&1));
         assert_eq!(table.get(&keep), None);
         assert_eq!(table.iter().count(), 1);
+    }
+
+    #[test]
+    fn skipped_ids_are_unused_and_whole_skipped_chunks_allocate_nothing() {
+        let mut table: TaskTable<u64> = TaskTable::new(1);
+        table.skip_to(100);
+        table.insert(100, 1);
+        table.skip_to(105);
+        table.insert(105, 2);
+        let far = 105 + 50 * CHUNK as u64;
+        table.skip_to(far);
+        table.insert(far, 3);
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.get(&101), None);
+        assert_eq!(table.get(&far), Some(&3));
+        assert_eq!(
+            table.iter().map(|(id, v)| (id, *v)).collect::<Vec<_>>(),
+            [(100, 1), (105, 2), (far, 3)]
+        );
+        assert!(
+            table.allocated_chunks() <= 2,
+            "{}",
+            table.allocated_chunks()
+        );
+        table.insert(far + 1, 4);
+        assert_eq!(table.remove(&100), Some(1));
+        assert_eq!(table.remove(&105), Some(2));
+        assert_eq!(table.iter().count(), 2);
     }
 
     /// One task left unanswered while a million after it come and go: the table holds the

@@ -100,6 +100,8 @@ pub(crate) struct Session {
     pub max_frame_bytes: usize,
     /// Held tasks the interchange no longer expects from this manager.
     pub orphaned: Vec<TaskId>,
+    /// The interchange journals results: keep each sent one until `Stored` covers it.
+    pub stores_results: bool,
 }
 
 /// A link that registered, with its receive half not yet read (see [`Link::start_reader`]).
@@ -165,6 +167,7 @@ pub(crate) async fn connect(
             heartbeat_threshold_ms,
             max_frame_bytes,
             orphaned,
+            stores_results,
         }) => Session {
             heartbeat: Heartbeat {
                 period: Duration::from_millis(heartbeat_period_ms),
@@ -172,6 +175,7 @@ pub(crate) async fn connect(
             },
             max_frame_bytes: usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
             orphaned,
+            stores_results,
         },
         Ok(InterchangeMessage::Refused { reason }) => return Err(ManagerError::Refused(reason)),
         Ok(other) => {
@@ -200,5 +204,6 @@ fn describe(message: &InterchangeMessage) -> String {
         InterchangeMessage::Shutdown => "a shutdown request".into(),
         InterchangeMessage::Heartbeat => "a heartbeat".into(),
         InterchangeMessage::RegisterAgain => "a request to register again".into(),
+        InterchangeMessage::Stored { results } => format!("`Stored` of {results} result(s)"),
     }
 }

@@ -32,7 +32,11 @@ fn main() {
         serve_as_worker();
         return;
     }
-    let cases: [(&str, Case); 7] = [
+    let cases: [(&str, Case); 8] = [
+        (
+            "results_are_kept_until_stored_and_sent_again_after_registering_again",
+            || Box::pin(results_are_kept_until_stored_and_sent_again_after_registering_again()),
+        ),
         ("a_task_batch_right_behind_registered_again_is_kept", || {
             Box::pin(a_task_batch_right_behind_registered_again_is_kept())
         }),
@@ -189,6 +193,18 @@ fn registered(max_frame_bytes: usize, orphaned: Vec<TaskId>) -> InterchangeMessa
         heartbeat_threshold_ms: 60_000,
         max_frame_bytes: max_frame_bytes as u64,
         orphaned,
+        stores_results: false,
+    }
+}
+
+/// `Registered` from an interchange with a journal.
+fn registered_storing() -> InterchangeMessage {
+    InterchangeMessage::Registered {
+        heartbeat_period_ms: 10_000,
+        heartbeat_threshold_ms: 60_000,
+        max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
+        orphaned: Vec::new(),
+        stores_results: true,
     }
 }
 
@@ -334,6 +350,38 @@ async fn work_held_through_an_outage_goes_on_and_its_results_count() {
     let results = script.results(1).await;
     assert_eq!(results[0].2.id, 4, "the orphaned task was answered");
     let _: u32 = value(&results[0].2);
+    manager.stop().await.unwrap();
+}
+
+/// An interchange with a journal says `Stored` once results are on disk: until then the
+/// manager keeps them, names their tasks as held when it registers again (after a crash of the
+/// interchange, say), and sends them again on the new link; what was stored is not.
+async fn results_are_kept_until_stored_and_sent_again_after_registering_again() {
+    let mut script = Script::bind().await;
+    let starting = tokio::spawn(Manager::start(config(&script, 1)));
+    let (peer, _) = script.registration().await;
+    script.send(&peer, &registered_storing());
+    let manager = starting.await.unwrap().expect("the manager starts");
+    for id in [1, 2] {
+        script.send(&peer, &tasks(vec![call(id, "pid", ())]));
+        assert_eq!(script.results(1).await[0].2.id, id);
+    }
+    // The interchange stored the first result only, then lost the link.
+    script.send(&peer, &InterchangeMessage::Stored { results: 1 });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    script.send(&peer, &InterchangeMessage::RegisterAgain);
+    let (again, registration) = script.registration().await;
+    assert_eq!(registration.held, [2], "the unstored result's task is held");
+    script.send(&again, &registered_storing());
+    let resent = script.results(1).await;
+    assert_eq!((resent[0].2.id, &resent[0].0), (2, &again));
+    let _: u32 = value(&resent[0].2);
+    // Stored on the new link: held no more.
+    script.send(&again, &InterchangeMessage::Stored { results: 1 });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    script.send(&again, &InterchangeMessage::RegisterAgain);
+    let (_, registration) = script.registration().await;
+    assert!(registration.held.is_empty(), "{:?}", registration.held);
     manager.stop().await.unwrap();
 }
 

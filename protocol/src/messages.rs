@@ -13,6 +13,11 @@ pub struct ClientHello {
     pub name: String,
     /// The largest frame this client accepts: result batches to it stay under it.
     pub max_frame_bytes: u64,
+    /// Who the client is across connections (random per `Client` unless set): an interchange
+    /// with a journal keeps its tasks under it, so the client finds them again after a
+    /// reconnection or a restart. Empty: an anonymous client, which is not journaled.
+    #[serde(default)]
+    pub identity: String,
 }
 
 /// Client → interchange.
@@ -29,6 +34,11 @@ pub enum ClientRequest {
     },
     Heartbeat,
     Goodbye,
+    /// The client has the first `results` results sent to it on this connection (counted from
+    /// its hello): an interchange with a journal forgets them.
+    Received {
+        results: u64,
+    },
 }
 
 /// Interchange → client.
@@ -40,6 +50,15 @@ pub enum ClientReply {
         /// The largest frame the interchange accepts: submissions stay under it, and a task
         /// over [`crate::max_item_bytes`] of it cannot be submitted.
         max_frame_bytes: u64,
+        /// The interchange keeps a journal and this client named an identity: what it
+        /// accepted survives a crash, and the client should reconnect (re-sending what was
+        /// not accepted) and acknowledge results with `Received`.
+        #[serde(default)]
+        journal: bool,
+        /// The highest task id it accepted from this identity before (0: none): a
+        /// reconnecting client's re-sent tasks up to it are already taken.
+        #[serde(default)]
+        accepted_upto: TaskId,
     },
     Refused {
         reason: String,
@@ -262,6 +281,10 @@ pub enum InterchangeMessage {
         /// Of the registration's `held` tasks, those the interchange no longer expects from
         /// this manager (requeued elsewhere, ended, or never known): drop them without a result.
         orphaned: Vec<TaskId>,
+        /// The interchange keeps a journal: the manager keeps each result it sent until
+        /// `Stored` covers it, and sends it again after registering again.
+        #[serde(default)]
+        stores_results: bool,
     },
     Refused {
         reason: String,
@@ -275,6 +298,10 @@ pub enum InterchangeMessage {
     /// The interchange does not know this manager (it was declared lost, or the interchange
     /// restarted): register again.
     RegisterAgain,
+    /// The first `results` results this registration sent are in the journal.
+    Stored {
+        results: u64,
+    },
 }
 
 /// Manager → worker, over the worker's stdin.

@@ -117,6 +117,10 @@ pub enum TaskError {
     /// on the way back; the worker goes on with the next task.
     #[error("the task's result of {size} bytes exceeds the limit of {limit} bytes per result")]
     ResultTooLarge { size: u64, limit: u64 },
+    /// The interchange could not make the task durable (its journal could not be written) and
+    /// did not accept it; nothing ran.
+    #[error("the task was not accepted: {reason}")]
+    NotAccepted { reason: String },
     /// A warm runner's function raised; `exception` is its type (a Python class name, say).
     #[error("{exception}: {message}")]
     Exception {
@@ -142,6 +146,7 @@ impl TaskError {
             TaskError::Unsatisfiable { .. } => "Unsatisfiable",
             TaskError::Exception { .. } => "Exception",
             TaskError::ResultTooLarge { .. } => "ResultTooLarge",
+            TaskError::NotAccepted { .. } => "NotAccepted",
         }
     }
 }

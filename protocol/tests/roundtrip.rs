@@ -131,6 +131,7 @@ fn task_error() -> impl Strategy<Value = TaskError> {
         }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(size, limit)| TaskError::ResultTooLarge { size, limit }),
+        text().prop_map(|reason| TaskError::NotAccepted { reason }),
     ]
 }
 
@@ -234,8 +235,9 @@ fn command_reply() -> impl Strategy<Value = CommandReply> {
 prop_compose! {
     fn client_hello()(
         protocol_version in any::<u32>(), name in text(), max_frame_bytes in any::<u64>(),
+        identity in text(),
     ) -> ClientHello {
-        ClientHello { protocol_version, name, max_frame_bytes }
+        ClientHello { protocol_version, name, max_frame_bytes, identity }
     }
 }
 
@@ -250,18 +252,30 @@ fn client_request() -> impl Strategy<Value = ClientRequest> {
         }),
         Just(ClientRequest::Heartbeat),
         Just(ClientRequest::Goodbye),
+        any::<u64>().prop_map(|results| ClientRequest::Received { results }),
     ]
 }
 
 fn client_reply() -> impl Strategy<Value = ClientReply> {
     prop_oneof![
-        (any::<u32>(), text(), any::<u64>()).prop_map(
-            |(protocol_version, interchange, max_frame_bytes)| ClientReply::Welcome {
-                protocol_version,
-                interchange,
-                max_frame_bytes,
-            }
-        ),
+        (
+            any::<u32>(),
+            text(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(protocol_version, interchange, max_frame_bytes, journal, accepted_upto)| {
+                    ClientReply::Welcome {
+                        protocol_version,
+                        interchange,
+                        max_frame_bytes,
+                        journal,
+                        accepted_upto,
+                    }
+                }
+            ),
         (vec(any::<u64>(), 0..8), text())
             .prop_map(|(ids, reason)| ClientReply::Busy { ids, reason }),
         Just(ClientReply::Resume),
@@ -305,15 +319,23 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            vec(any::<u64>(), 0..8)
+            vec(any::<u64>(), 0..8),
+            any::<bool>()
         )
             .prop_map(
-                |(heartbeat_period_ms, heartbeat_threshold_ms, max_frame_bytes, orphaned)| {
+                |(
+                    heartbeat_period_ms,
+                    heartbeat_threshold_ms,
+                    max_frame_bytes,
+                    orphaned,
+                    stores_results,
+                )| {
                     InterchangeMessage::Registered {
                         heartbeat_period_ms,
                         heartbeat_threshold_ms,
                         max_frame_bytes,
                         orphaned,
+                        stores_results,
                     }
                 }
             ),
@@ -329,6 +351,7 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
         Just(InterchangeMessage::Shutdown),
         Just(InterchangeMessage::Heartbeat),
         Just(InterchangeMessage::RegisterAgain),
+        any::<u64>().prop_map(|results| InterchangeMessage::Stored { results }),
     ]
 }
 

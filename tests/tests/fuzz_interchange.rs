@@ -287,6 +287,7 @@ fn hello(protocol_version: u32, name: String) -> ClientRequest {
         protocol_version,
         name,
         max_frame_bytes: LIMIT as u64,
+        identity: String::new(),
     })
 }
 

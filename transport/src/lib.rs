@@ -208,13 +208,44 @@ pub async fn connect_dealer(
     net: &NetConfig,
     when_refused: WhenRefused,
 ) -> Result<(DealerSendHalf, DealerRecvHalf), TransportError> {
+    let (send, recv, _) = connect_dealer_watched(endpoint, net, when_refused).await?;
+    Ok((send, recv))
+}
+
+/// Says when a DEALER's connection closes (the peer went away), which its receive half does
+/// not: it waits for a message that never comes.
+pub struct ConnectionWatch(futures_channel::mpsc::Receiver<zeromq::SocketEvent>);
+
+impl ConnectionWatch {
+    /// Returns once the connection closed (or nothing can tell any more).
+    pub async fn closed(&mut self) {
+        use futures_util::StreamExt;
+        while let Some(event) = self.0.next().await {
+            if matches!(event, zeromq::SocketEvent::Disconnected(_)) {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// `connect_dealer`, with a watch on the connection.
+pub async fn connect_dealer_watched(
+    endpoint: &str,
+    net: &NetConfig,
+    when_refused: WhenRefused,
+) -> Result<(DealerSendHalf, DealerRecvHalf, ConnectionWatch), TransportError> {
     let mut options = options(net);
     options.retry_refused_connections(when_refused == WhenRefused::Retry);
     let mut socket = DealerSocket::with_options(options);
+    let watch = ConnectionWatch(socket.monitor());
     // zmq.rs bounds the connect by the option; the outer timeout also bounds name resolution.
     let connected = tokio::time::timeout(net.connect_timeout, socket.connect(endpoint)).await;
     match connected {
-        Ok(Ok(())) => Ok(socket.split()),
+        Ok(Ok(())) => {
+            let (send, recv) = socket.split();
+            Ok((send, recv, watch))
+        }
         Ok(Err(ZmqError::Network(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             Err(TransportError::Refused {
                 endpoint: endpoint.to_string(),

@@ -44,6 +44,15 @@ pub fn htex_in(wrapper: &[&str], args: &[&str]) -> Running {
     )
 }
 
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn htex(args: &[&str]) -> Running {
     htex_in(&[], args)
 }

@@ -32,6 +32,7 @@ fn scaled(config: ScalingConfig, walltime: Option<Duration>) -> Harness {
             super::config(),
             "plaintext (loopback)",
             Some(Scaling::new(config, shape)),
+            None,
             now,
         ),
         now,

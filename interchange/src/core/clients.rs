@@ -2,16 +2,17 @@
 //! bytes as it may), cancels, the command channel, goodbye, and the results that wait for the
 //! next flush, packed into frames under the client's frame limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use htex_protocol::{
-    max_item_bytes, BatchEncoder, ClientHello, ClientReply, ClientRequest, CodecError, Command,
-    CommandReply, StatusReport, TaskError, TaskId, TaskResult, TaskSpec, PROTOCOL_VERSION,
+    decode, max_item_bytes, BatchEncoder, ClientHello, ClientReply, ClientRequest, CodecError,
+    Command, CommandReply, StatusReport, TaskError, TaskId, TaskResult, TaskSpec, PROTOCOL_VERSION,
 };
 
 use super::managers::hex;
 use super::{link_limit, version_mismatch, BadFrame, Core, Effects, Incoming, Now, Side};
+use crate::journal::IdentityNumber;
 use crate::records::{ClientKey, GlobalId, IdMap, KeyMap};
 
 /// A client that said hello.
@@ -24,8 +25,21 @@ pub(crate) struct ClientRecord {
     pub departed: bool,
     /// The frame limit of the link to it (the smaller of both ends').
     pub max_frame_bytes: usize,
-    /// Results for the next flush.
-    outbox: Vec<TaskResult>,
+    /// Its identity's number in the journal: only journaled clients have one.
+    pub identity: Option<IdentityNumber>,
+    /// The highest task id taken from it: a re-sent task up to it is a duplicate.
+    pub accepted_upto: TaskId,
+    /// Connected. A client restored from the journal is not until it says hello; its results
+    /// wait for it.
+    pub online: bool,
+    /// Results frames sent to a journaled client that it has not confirmed (`Received`), kept
+    /// to send again if it reconnects.
+    sent: VecDeque<SentFrame>,
+    /// Results sent on its current connection.
+    sent_total: u64,
+    /// Results for the next flush, with their tasks' global ids (0: a task answered before it
+    /// had one).
+    outbox: Vec<(GlobalId, TaskResult)>,
     /// It was told `Busy` and waits for `Resume`.
     paused: bool,
     /// The first task of the last frame accepted and not yet acknowledged, and the task bytes
@@ -40,6 +54,49 @@ pub(crate) struct ClientRecord {
 /// not pay for an extra message. What the client keeps for re-sending stays about this size.
 pub(crate) const ACK_BYTES: usize = 1 << 20;
 
+/// A results frame sent and not yet confirmed.
+struct SentFrame {
+    /// The results sent on the connection up to and including this frame's.
+    upto: u64,
+    gids: Vec<GlobalId>,
+    frame: Vec<u8>,
+}
+
+impl ClientRecord {
+    fn new(peer: Bytes, name: String, max_frame_bytes: usize) -> ClientRecord {
+        ClientRecord {
+            peer,
+            name,
+            tasks: IdMap::default(),
+            departed: false,
+            max_frame_bytes,
+            identity: None,
+            accepted_upto: 0,
+            online: true,
+            sent: VecDeque::new(),
+            sent_total: 0,
+            outbox: Vec::new(),
+            paused: false,
+            unacked: None,
+            unacked_bytes: 0,
+        }
+    }
+
+    /// Results not confirmed by the client, sent or not, with their global ids.
+    pub fn unconfirmed_results(&self) -> Vec<(GlobalId, TaskResult)> {
+        let mut all = Vec::new();
+        for sent in &self.sent {
+            if let Ok(ClientReply::Results(results)) =
+                decode::<ClientReply>(&sent.frame, usize::MAX)
+            {
+                all.extend(sent.gids.iter().copied().zip(results));
+            }
+        }
+        all.extend(self.outbox.iter().cloned());
+        all.retain(|(gid, _)| *gid != 0);
+        all
+    }
+}
 #[derive(Default)]
 pub(crate) struct Clients {
     records: KeyMap<ClientKey, ClientRecord>,
@@ -60,13 +117,48 @@ impl Clients {
         self.records.get_mut(&key)
     }
 
-    /// Peers of clients that have not said goodbye.
+    /// Peers of clients that are connected and have not said goodbye.
     pub fn connected_peers(&self) -> Vec<Bytes> {
         self.records
             .values()
-            .filter(|c| !c.departed)
+            .filter(|c| !c.departed && c.online)
             .map(|c| c.peer.clone())
             .collect()
+    }
+
+    /// A client restored from the journal, not connected yet.
+    pub fn add_offline(
+        &mut self,
+        name: String,
+        identity: IdentityNumber,
+        accepted_upto: TaskId,
+    ) -> ClientKey {
+        self.next += 1;
+        let key = self.next;
+        let mut record = ClientRecord::new(Bytes::new(), name, htex_protocol::MIN_MAX_FRAME_BYTES);
+        record.identity = Some(identity);
+        record.accepted_upto = accepted_upto;
+        record.online = false;
+        self.records.insert(key, record);
+        key
+    }
+
+    /// A result restored from the journal, for the client's next connection.
+    pub fn hold_result(&mut self, key: ClientKey, gid: GlobalId, result: TaskResult) {
+        if let Some(record) = self.records.get_mut(&key) {
+            record.outbox.push((gid, result));
+        }
+    }
+
+    /// Bytes of results kept for clients (sent and unconfirmed, or waiting).
+    pub fn retained_bytes(&self) -> u64 {
+        self.records
+            .values()
+            .map(|c| {
+                c.sent.iter().map(|f| f.frame.len() as u64).sum::<u64>()
+                    + c.outbox.len() as u64 * 64
+            })
+            .sum()
     }
 
     fn connected(&self, peer: &Bytes) -> Option<ClientKey> {
@@ -141,6 +233,7 @@ impl Core {
             }
             ClientRequest::Heartbeat => {}
             ClientRequest::Goodbye => self.on_goodbye(key, out),
+            ClientRequest::Received { results } => self.on_received(key, results),
         }
     }
 
@@ -164,7 +257,7 @@ impl Core {
                 let error = TaskError::BadRequest {
                     message: message.clone(),
                 };
-                self.deliver(key, TaskResult::error(id, error));
+                self.deliver(key, 0, TaskResult::error(id, error));
             }
             if let Some(&first) = ids.first() {
                 if let Some(client) = self.clients.get_mut(key) {
@@ -188,6 +281,9 @@ impl Core {
         }
         tracing::info!(client = %hello.name, "client connected");
         let limit = link_limit(self.config.max_frame_bytes, hello.max_frame_bytes);
+        if self.journal.is_some() && !hello.identity.is_empty() {
+            return self.on_journaled_hello(peer, hello, limit, out);
+        }
         let clients = &mut self.clients;
         match clients
             .keys
@@ -205,32 +301,184 @@ impl Core {
                 clients.next += 1;
                 let key = clients.next;
                 clients.keys.insert(peer.clone(), key);
-                let record = ClientRecord {
-                    peer: peer.clone(),
-                    name: hello.name,
-                    tasks: IdMap::default(),
-                    departed: false,
-                    max_frame_bytes: limit,
-                    outbox: Vec::new(),
-                    paused: false,
-                    unacked: None,
-                    unacked_bytes: 0,
-                };
+                let record = ClientRecord::new(peer.clone(), hello.name, limit);
                 clients.records.insert(key, record);
             }
         }
+        self.welcome(&peer, false, 0, out);
+    }
+
+    fn welcome(&self, peer: &Bytes, journal: bool, accepted_upto: TaskId, out: &mut Effects) {
         let welcome = ClientReply::Welcome {
             protocol_version: PROTOCOL_VERSION,
             interchange: format!("htex {}", env!("CARGO_PKG_VERSION")),
             max_frame_bytes: self.config.max_frame_bytes as u64,
+            journal,
+            accepted_upto,
         };
-        out.send(Side::Client, &peer, &welcome);
+        out.send(Side::Client, peer, &welcome);
+    }
+
+    /// A hello naming an identity, with a journal: the client's record (from before a
+    /// reconnection or a restart) is bound to this connection, and every result it has not
+    /// confirmed is sent again, in order; a new identity gets a new record.
+    fn on_journaled_hello(
+        &mut self,
+        peer: Bytes,
+        hello: ClientHello,
+        limit: usize,
+        out: &mut Effects,
+    ) {
+        let key = match self.identity_of(&hello.identity) {
+            Some((_, key)) if self.clients.records.contains_key(&key) => key,
+            _ => {
+                if let Some(&old) = self.clients.keys.get(&peer) {
+                    // This connection was another client: that one is gone with it.
+                    self.clients.forget(old);
+                }
+                self.clients.next += 1;
+                let key = self.clients.next;
+                let mut record = ClientRecord::new(peer.clone(), hello.name.clone(), limit);
+                let number = self.name_identity(&hello.identity, key);
+                record.identity = Some(number);
+                self.clients.records.insert(key, record);
+                self.clients.keys.insert(peer.clone(), key);
+                self.welcome(&peer, true, 0, out);
+                return;
+            }
+        };
+        let clients = &mut self.clients;
+        let record = clients.records.get_mut(&key).expect("checked above");
+        if record.peer != peer {
+            let old = std::mem::replace(&mut record.peer, peer.clone());
+            if clients.keys.get(&old) == Some(&key) {
+                clients.keys.remove(&old);
+            }
+            clients.keys.insert(peer.clone(), key);
+        }
+        record.name = hello.name;
+        record.departed = false;
+        record.online = true;
+        record.max_frame_bytes = limit;
+        record.unacked = None;
+        record.unacked_bytes = 0;
+        let accepted_upto = record.accepted_upto;
+        tracing::info!(client = %record.name, outstanding = record.tasks.len(), unconfirmed = record.sent.len(), "client came back");
+        self.welcome(&peer, true, accepted_upto, out);
+        let record = self.clients.records.get_mut(&key).expect("checked above");
+        record.sent_total = 0;
+        for sent in record.sent.iter_mut() {
+            record.sent_total += sent.gids.len() as u64;
+            sent.upto = record.sent_total;
+            out.frame(Side::Client, &peer, sent.frame.clone());
+        }
+        if !record.outbox.is_empty() {
+            self.clients.dirty.push(key);
+        }
+        if record.paused {
+            record.paused = false;
+            out.send(Side::Client, &peer, &ClientReply::Resume);
+        }
+    }
+
+    /// The client has the first `results` results of its connection: they are forgotten.
+    fn on_received(&mut self, key: ClientKey, results: u64) {
+        let Some(client) = self.clients.get_mut(key) else {
+            return;
+        };
+        let mut gids = Vec::new();
+        while client.sent.front().is_some_and(|f| f.upto <= results) {
+            let frame = client.sent.pop_front().expect("checked");
+            gids.extend(frame.gids.into_iter().filter(|g| *g != 0));
+        }
+        self.journal_forget(gids);
     }
 
     /// Accepts a batch of tasks, answering the invalid ones at once; while the interchange holds
     /// its cap of task bytes, the whole batch is refused with `Busy` (nothing is lost: the client
     /// sends it again after `Resume`).
     fn on_submit(&mut self, key: ClientKey, specs: Vec<TaskSpec>, now: Now, out: &mut Effects) {
+        if self.refuse_while_busy(key, &specs, out) {
+            return;
+        }
+        if let Some(number) = self.journaled(key) {
+            return self.on_journaled_submit(key, number, specs, now, out);
+        }
+        let Some(first) = specs.first().map(|s| s.id) else {
+            return;
+        };
+        let before = self.task_bytes;
+        for spec in specs {
+            let id = spec.id;
+            if let Err(error) = self.accept(key, spec, now, false) {
+                self.deliver(key, 0, TaskResult::error(id, error));
+            }
+        }
+        let client = self
+            .clients
+            .records
+            .get_mut(&key)
+            .expect("the caller checked the client");
+        client.unacked = Some(first);
+        client.unacked_bytes += self.task_bytes - before;
+        if client.unacked_bytes >= ACK_BYTES {
+            client.unacked = None;
+            client.unacked_bytes = 0;
+            out.send(Side::Client, &client.peer, &ClientReply::Accepted { first });
+        }
+    }
+
+    /// A journaled client's frame: tasks it sent before (up to what was taken from it) are
+    /// skipped, the others held until their records are durable, and the frame acknowledged
+    /// then. While the journal cannot be written, every task is answered `NotAccepted`.
+    fn on_journaled_submit(
+        &mut self,
+        key: ClientKey,
+        number: IdentityNumber,
+        specs: Vec<TaskSpec>,
+        now: Now,
+        out: &mut Effects,
+    ) {
+        let Some(first) = specs.first().map(|s| s.id) else {
+            return;
+        };
+        if let Some(reason) = self.journal_failing() {
+            for spec in specs {
+                let error = TaskError::NotAccepted {
+                    reason: reason.clone(),
+                };
+                self.deliver(key, 0, TaskResult::error(spec.id, error));
+            }
+            let peer = self.clients.get(key).expect("checked").peer.clone();
+            out.send(Side::Client, &peer, &ClientReply::Accepted { first });
+            return;
+        }
+        let mut upto = self.clients.get(key).expect("checked").accepted_upto;
+        let (mut gids, mut answered) = (Vec::new(), Vec::new());
+        for spec in specs {
+            let id = spec.id;
+            if id <= upto {
+                continue;
+            }
+            upto = id;
+            match self.accept(key, spec, now, true) {
+                Ok(gid) => gids.push(gid),
+                Err(error) => {
+                    // Answered at once, and journaled as answered, so that it stays answered.
+                    let gid = self.tasks.next_id();
+                    self.tasks.skip_to(gid + 1);
+                    answered.push((gid, id));
+                    self.deliver(key, gid, TaskResult::error(id, error));
+                }
+            }
+        }
+        self.clients.get_mut(key).expect("checked").accepted_upto = upto;
+        self.journal_submitted(key, number, first, gids, answered);
+    }
+
+    /// While the interchange holds as many task bytes as it may (or the client waits for
+    /// `Resume`), a frame is refused whole with `Busy`; returns whether it was.
+    fn refuse_while_busy(&mut self, key: ClientKey, specs: &[TaskSpec], out: &mut Effects) -> bool {
         let clients = &mut self.clients;
         let client = clients
             .records
@@ -255,30 +503,9 @@ impl Core {
                 tracing::info!(client = %client.name, task_bytes = self.task_bytes, "submissions wait: the task byte cap is reached");
             }
             out.send(Side::Client, &peer, &ClientReply::Busy { ids, reason });
-            return;
+            return true;
         }
-        let Some(first) = specs.first().map(|s| s.id) else {
-            return;
-        };
-        let before = self.task_bytes;
-        for spec in specs {
-            let id = spec.id;
-            if let Err(error) = self.accept(key, spec, now) {
-                self.deliver(key, TaskResult::error(id, error));
-            }
-        }
-        let client = self
-            .clients
-            .records
-            .get_mut(&key)
-            .expect("the caller checked the client");
-        client.unacked = Some(first);
-        client.unacked_bytes += self.task_bytes - before;
-        if client.unacked_bytes >= ACK_BYTES {
-            client.unacked = None;
-            client.unacked_bytes = 0;
-            out.send(Side::Client, &client.peer, &ClientReply::Accepted { first });
-        }
+        false
     }
 
     /// Every acknowledgement that waits goes out (on each tick).
@@ -331,24 +558,49 @@ impl Core {
         let Some(&key) = self.clients.keys.get(peer) else {
             return;
         };
-        let Some(client) = self.clients.forget(key) else {
+        let Some(mut client) = self.clients.forget(key) else {
             return;
         };
         tracing::warn!(client = %client.name, tasks = client.tasks.len(), "client dropped: {why}");
-        for gid in client.tasks.into_values() {
+        for gid in std::mem::take(&mut client.tasks).into_values() {
             self.cancel(gid, "the client was dropped");
         }
+        self.forget_identity(key, client);
     }
 
-    /// Queues a result for its client's next flush (dropped if the client is gone).
-    pub(super) fn deliver(&mut self, key: ClientKey, result: TaskResult) {
-        let clients = &mut self.clients;
-        if let Some(client) = clients.records.get_mut(&key) {
-            if client.outbox.is_empty() {
-                clients.dirty.push(key);
-            }
-            client.outbox.push(result);
+    /// A journaled client is gone for good (it left, or was dropped): the journal forgets
+    /// every result kept for it, and its identity.
+    fn forget_identity(&mut self, key: ClientKey, record: ClientRecord) {
+        if record.identity.is_none() {
+            return;
         }
+        let mut gids: Vec<GlobalId> = record.sent.into_iter().flat_map(|f| f.gids).collect();
+        gids.extend(record.outbox.iter().map(|(gid, _)| *gid));
+        gids.retain(|g| *g != 0);
+        self.journal_forget(gids);
+        self.drop_identity(key);
+    }
+
+    /// Queues a result for its client's next flush (dropped if the client is gone), and
+    /// journals it for a journaled client.
+    pub(super) fn deliver(&mut self, key: ClientKey, gid: GlobalId, result: TaskResult) {
+        let clients = &mut self.clients;
+        let Some(client) = clients.records.get_mut(&key) else {
+            // Nobody waits for it: the journal forgets the task.
+            if gid != 0 {
+                self.journal_forget(vec![gid]);
+            }
+            return;
+        };
+        if client.outbox.is_empty() {
+            clients.dirty.push(key);
+        }
+        let journaled = client.identity.is_some() && gid != 0;
+        if journaled {
+            self.journal_result(gid, &result);
+        }
+        let client = self.clients.records.get_mut(&key).expect("found above");
+        client.outbox.push((gid, result));
     }
 
     /// Sends waiting results, packed under each client's frame limit; a result too large to
@@ -359,14 +611,29 @@ impl Core {
             let Some(client) = self.clients.get_mut(key) else {
                 continue;
             };
+            if !client.online {
+                // Restored and not back yet: its results wait (its hello marks it dirty).
+                continue;
+            }
             let results = std::mem::take(&mut client.outbox);
+            let keep = client.identity.is_some();
             if !results.is_empty() {
-                for frame in pack_results(results, client.max_frame_bytes) {
+                for (frame, gids) in pack_results(results, client.max_frame_bytes) {
+                    if keep {
+                        client.sent_total += gids.len() as u64;
+                        client.sent.push_back(SentFrame {
+                            upto: client.sent_total,
+                            gids,
+                            frame: frame.clone(),
+                        });
+                    }
                     out.frame(Side::Client, &client.peer, frame);
                 }
             }
             if client.departed && client.tasks.is_empty() {
-                self.clients.forget(key);
+                if let Some(record) = self.clients.forget(key) {
+                    self.forget_identity(key, record);
+                }
             }
         }
     }
@@ -399,12 +666,17 @@ impl Core {
     }
 }
 
-/// Packs results into `Results` frames of at most `limit` bytes.
-fn pack_results(results: Vec<TaskResult>, limit: usize) -> Vec<Vec<u8>> {
+/// Packs results into `Results` frames of at most `limit` bytes, each with its results'
+/// global ids.
+fn pack_results(
+    results: Vec<(GlobalId, TaskResult)>,
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<GlobalId>)> {
     let mut batch =
         BatchEncoder::new(&ClientReply::Results(Vec::new()), limit).expect("a batch message");
     let mut frames = Vec::new();
-    for mut result in results {
+    let mut gids = Vec::new();
+    for (gid, mut result) in results {
         let pushed = match batch.push(&result) {
             Err(CodecError::ItemTooLarge { size, .. }) => {
                 result.outcome = Err(TaskError::ResultTooLarge {
@@ -416,10 +688,16 @@ fn pack_results(results: Vec<TaskResult>, limit: usize) -> Vec<Vec<u8>> {
             other => other,
         };
         match pushed {
-            Ok(full) => frames.extend(full),
+            Ok(Some(full)) => {
+                // The frame of the results before this one; this one starts the next.
+                frames.push((full, std::mem::replace(&mut gids, vec![gid])));
+            }
+            Ok(None) => gids.push(gid),
             Err(e) => tracing::error!("cannot pack a result: {e}"),
         }
     }
-    frames.extend(batch.finish());
+    if let Some(last) = batch.finish() {
+        frames.push((last, gids));
+    }
     frames
 }

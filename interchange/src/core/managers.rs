@@ -36,6 +36,8 @@ pub(crate) struct ManagerRecord {
     reservations: IdMap<usize>,
     /// Bytes of the encoded specs of the tasks it holds.
     pub held_bytes: usize,
+    /// Results received from this registration (what `Stored` counts).
+    pub results_received: u64,
 }
 
 impl ManagerRecord {
@@ -55,6 +57,7 @@ impl ManagerRecord {
             by_capability,
             reservations: IdMap::default(),
             held_bytes: 0,
+            results_received: 0,
         }
     }
 
@@ -233,11 +236,15 @@ impl Core {
         match message {
             ManagerMessage::Register(_) => unreachable!("handled above"),
             ManagerMessage::Results(results) => {
-                if let Some(record) = self.managers.get_mut(key) {
-                    record.last_busy = now.at;
-                }
+                let count = results.len() as u64;
                 for result in results {
                     self.complete(key, result);
+                }
+                if let Some(record) = self.managers.get_mut(key) {
+                    record.last_busy = now.at;
+                    record.results_received += count;
+                    let upto = record.results_received;
+                    self.journal_stored(key, upto);
                 }
             }
             ManagerMessage::Heartbeat => {}
@@ -355,6 +362,7 @@ impl Core {
             heartbeat_threshold_ms: self.config.heartbeat_threshold.as_millis() as u64,
             max_frame_bytes: self.config.max_frame_bytes as u64,
             orphaned,
+            stores_results: self.journal.is_some(),
         };
         out.send(Side::Manager, &peer, &welcome);
         if previous.is_none() {
@@ -396,6 +404,8 @@ impl Core {
                     self.queued -= 1;
                     true
                 }
+                // Restored from the journal, waiting for the manager that holds it: this one.
+                Some((TaskState::Held, _)) => self.is_restored(gid),
                 None => false,
             };
             if keep {

@@ -8,6 +8,7 @@
 mod blocks;
 mod clients;
 mod dispatch;
+mod journaled;
 mod managers;
 mod tasks;
 #[cfg(test)]
@@ -28,6 +29,7 @@ use dispatch::Classes;
 use managers::Managers;
 
 pub(crate) use blocks::{BlockShape, ProviderAction, ProviderEvent, Scaling};
+pub(crate) use journaled::JournalState;
 
 /// Which of the two ports a peer is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +74,8 @@ pub(crate) enum Input {
     Stop,
     /// The provider answered (a block submitted, the blocks' states, a cancel).
     Provider(ProviderEvent),
+    /// The journal's writer answered (batches durable, or a write failed).
+    Journal(crate::journal::JournalEvent),
 }
 
 pub(crate) enum Effect {
@@ -84,6 +88,8 @@ pub(crate) enum Effect {
     Disconnect { side: Side, peer: Bytes },
     /// Ask the provider (submit, poll or cancel a block).
     Provider(ProviderAction),
+    /// Append to the journal (or replace it with a snapshot).
+    Journal(crate::journal::Batch),
     /// The core shut down; nothing more comes.
     Stopped,
 }
@@ -142,6 +148,8 @@ pub(crate) struct Core {
     cancels: HashMap<ManagerKey, Vec<GlobalId>>,
     /// Blocks of managers from a provider, when the interchange has one.
     scaling: Option<Scaling>,
+    /// The journal's state, when the interchange keeps one (`--journal`).
+    journal: Option<Box<JournalState>>,
     stopped: bool,
 }
 
@@ -151,6 +159,7 @@ impl Core {
         config: InterchangeConfig,
         security: &'static str,
         scaling: Option<Scaling>,
+        journal: Option<JournalState>,
         now: Now,
     ) -> Core {
         Core {
@@ -165,6 +174,7 @@ impl Core {
             queued: 0,
             cancels: HashMap::new(),
             scaling,
+            journal: journal.map(Box::new),
             stopped: false,
         }
     }
@@ -189,6 +199,7 @@ impl Core {
             Input::Tick => {
                 self.acknowledge_clients(out);
                 self.on_tick(now, out);
+                self.release_restored(now);
                 self.scale(now, out);
                 self.dispatch(now, out);
                 self.flush(out);
@@ -196,6 +207,11 @@ impl Core {
             Input::Stop => self.shut_down(now, out),
             Input::Provider(event) => {
                 self.on_provider(now, event, out);
+                self.dispatch(now, out);
+                self.flush(out);
+            }
+            Input::Journal(event) => {
+                self.on_journal(event, out);
                 self.dispatch(now, out);
                 self.flush(out);
             }
@@ -207,11 +223,12 @@ impl Core {
         self.stopped
     }
 
-    /// Cancels and results that wait go out.
+    /// Cancels and results that wait go out, and the burst's journal records to the writer.
     fn flush(&mut self, out: &mut Effects) {
         self.flush_cancels(out);
         self.flush_results(out);
         self.resume_clients(out);
+        self.flush_journal(out);
     }
 
     fn on_stalled(&mut self, side: Side, peer: Bytes, queued_bytes: usize, out: &mut Effects) {
@@ -270,6 +287,7 @@ impl Core {
             );
         }
         self.flush_results(out);
+        self.flush_journal(out);
         self.stopped = true;
         out.0.push(Effect::Stopped);
     }

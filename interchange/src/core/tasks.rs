@@ -11,13 +11,15 @@ use super::{Core, Effects, Now, Side};
 use crate::records::{ClientKey, GlobalId, ManagerKey, TaskRecord, TaskState};
 
 impl Core {
-    /// Takes a submitted task into its class's queue, or says why it cannot run at all.
+    /// Takes a submitted task into its class's queue (or, with `hold`, into the table only,
+    /// until its journal record is durable), or says why it cannot run at all.
     pub(super) fn accept(
         &mut self,
         client: ClientKey,
         mut spec: TaskSpec,
         now: Now,
-    ) -> Result<(), TaskError> {
+        hold: bool,
+    ) -> Result<GlobalId, TaskError> {
         let bad = |message: String| TaskError::BadRequest { message };
         let record = self
             .clients
@@ -47,14 +49,16 @@ impl Core {
             )));
         }
         let class = self.classes.intern(&spec.resources);
-        self.classes.queue_task(class, spec.priority, gid);
+        if !hold {
+            self.classes.queue_task(class, spec.priority, gid);
+            self.queued += 1;
+        }
         self.clients
             .get_mut(client)
             .expect("checked above")
             .tasks
             .insert(client_task_id, gid);
         self.task_bytes += task.0.len();
-        self.queued += 1;
         self.tasks.insert(
             gid,
             TaskRecord {
@@ -65,7 +69,11 @@ impl Core {
                 priority: spec.priority,
                 max_retries: spec.max_retries,
                 submitted_us: spec.submitted_us,
-                state: TaskState::Queued,
+                state: if hold {
+                    TaskState::Held
+                } else {
+                    TaskState::Queued
+                },
                 received_us: now.epoch_us,
                 dispatched_us: 0,
                 losses: 0,
@@ -74,7 +82,7 @@ impl Core {
                     .map_or(0, |ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
             },
         );
-        Ok(())
+        Ok(gid)
     }
 
     /// Ends a task with `Cancelled`: at once when it is not on a manager, else through the
@@ -159,11 +167,17 @@ impl Core {
         result.timings.received_us = record.received_us;
         result.timings.dispatched_us = record.dispatched_us;
         result.attempts = record.losses + 1;
-        self.deliver(record.client, result);
+        self.deliver(record.client, gid, result);
     }
 
     /// Ends a task that is not on a manager (or whose manager is gone) with an error.
     pub(super) fn finish(&mut self, gid: GlobalId, error: TaskError) {
+        self.finish_as(gid, error, true);
+    }
+
+    /// `finish`, where `journaled` says whether the journal knows the task (one whose record
+    /// could not be written is answered without a trace in it).
+    pub(super) fn finish_as(&mut self, gid: GlobalId, error: TaskError, journaled: bool) {
         let Some(record) = self.remove(gid) else {
             return;
         };
@@ -171,7 +185,7 @@ impl Core {
         result.timings.submitted_us = record.submitted_us;
         result.timings.received_us = record.received_us;
         result.attempts = record.losses;
-        self.deliver(record.client, result);
+        self.deliver(record.client, if journaled { gid } else { 0 }, result);
     }
 
     /// Takes a task out of every table (its queue entry, if any, is skipped when met).
@@ -184,6 +198,7 @@ impl Core {
                     m.release(gid, record.bytes());
                 }
             }
+            TaskState::Held => {}
         }
         self.task_bytes -= record.bytes();
         self.classes.task_ended(record.class);

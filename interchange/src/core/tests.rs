@@ -15,6 +15,8 @@ use crate::InterchangeConfig;
 
 #[path = "blocks_tests.rs"]
 mod blocks;
+#[path = "journal_tests.rs"]
+mod journal;
 
 const LIMIT: usize = 1 << 20;
 
@@ -32,6 +34,7 @@ struct Sent {
     disconnected: Vec<Bytes>,
     frame_sizes: Vec<usize>,
     provider: Vec<ProviderAction>,
+    journal: Vec<crate::journal::Batch>,
 }
 
 impl Sent {
@@ -167,7 +170,7 @@ impl Harness {
     fn new(config: InterchangeConfig) -> Harness {
         let now = Now::read();
         Harness {
-            core: Core::new(config, "plaintext (loopback)", None, now),
+            core: Core::new(config, "plaintext (loopback)", None, None, now),
             now,
             out: Effects::default(),
         }
@@ -196,6 +199,7 @@ impl Harness {
                 }
                 Effect::Disconnect { peer, .. } => sent.disconnected.push(peer),
                 Effect::Provider(action) => sent.provider.push(action),
+                Effect::Journal(batch) => sent.journal.push(batch),
                 Effect::Stopped => {}
             }
         }
@@ -216,6 +220,7 @@ impl Harness {
                 protocol_version: PROTOCOL_VERSION,
                 name: name.into(),
                 max_frame_bytes: LIMIT as u64,
+                identity: String::new(),
             }),
         )
     }

@@ -327,6 +327,7 @@ impl State {
             InterchangeMessage::RegisterAgain => {
                 return self.lose_link("the interchange no longer knows this manager")
             }
+            InterchangeMessage::Stored { results } => self.outbox.stored(results),
             InterchangeMessage::Heartbeat | InterchangeMessage::Registered { .. } => {}
         }
         None
@@ -399,7 +400,11 @@ impl State {
     }
 
     fn drained(&self) -> bool {
-        self.draining && self.load() == 0 && self.outbox.is_empty() && self.suspect.is_empty()
+        self.draining
+            && self.load() == 0
+            && self.outbox.is_empty()
+            && self.outbox.settled()
+            && self.suspect.is_empty()
     }
 }
 

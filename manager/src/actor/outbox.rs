@@ -1,7 +1,13 @@
 //! Results on their way to the interchange: held briefly so that busy slots' results share a
 //! frame, then packed into `Results` frames none over the link's frame limit. A result too large
 //! to travel even alone goes out as `ResultTooLarge` for its task only.
+//!
+//! With an interchange that journals results, each frame sent is kept until `Stored` says the
+//! interchange has it on disk, and is sent again after registering again: a result the
+//! interchange had not made durable when it crashed is not lost, and its task does not run a
+//! second time.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use htex_protocol::{BatchEncoder, CodecError, ManagerMessage, TaskError, TaskId, TaskResult};
@@ -22,6 +28,25 @@ pub(crate) struct Outbox {
     returned: Option<Vec<TaskId>>,
     /// Packs `Results` frames under the link's limit.
     encoder: BatchEncoder,
+    /// Keep sent frames until `Stored` (the interchange journals results).
+    keep_sent: bool,
+    /// Results sent on this link.
+    sent: u64,
+    /// Frames sent and not yet stored, oldest first.
+    unconfirmed: VecDeque<SentFrame>,
+    /// Frames of an earlier link not known to be stored, to send first on this one.
+    resend: VecDeque<SentFrame>,
+}
+
+/// A results frame kept until the interchange stored it.
+struct SentFrame {
+    /// Results sent on the link up to and including this frame's.
+    upto: u64,
+    /// Results in the frame (what the interchange counts).
+    count: u64,
+    /// Their tasks, less those the interchange no longer expects.
+    ids: Vec<TaskId>,
+    frame: Vec<u8>,
 }
 
 impl Outbox {
@@ -32,7 +57,33 @@ impl Outbox {
             since: None,
             returned: None,
             encoder: results_encoder(frame_limit),
+            keep_sent: false,
+            sent: 0,
+            unconfirmed: VecDeque::new(),
+            resend: VecDeque::new(),
         }
+    }
+
+    /// A new registration: what the last link did not see stored goes out again first, and
+    /// `keep_sent` says whether this interchange stores results.
+    pub fn new_link(&mut self, keep_sent: bool) {
+        let mut earlier = std::mem::take(&mut self.unconfirmed);
+        earlier.extend(std::mem::take(&mut self.resend));
+        self.resend = earlier;
+        self.keep_sent = keep_sent;
+        self.sent = 0;
+    }
+
+    /// The interchange stored the first `upto` results of this link.
+    pub fn stored(&mut self, upto: u64) {
+        while self.unconfirmed.front().is_some_and(|f| f.upto <= upto) {
+            self.unconfirmed.pop_front();
+        }
+    }
+
+    /// Nothing sent waits to be stored.
+    pub fn settled(&self) -> bool {
+        self.unconfirmed.is_empty() && self.resend.is_empty()
     }
 
     /// The link's frame limit changed (a new registration).
@@ -48,17 +99,32 @@ impl Outbox {
         self.results.is_empty()
     }
 
-    /// Tasks whose results wait here, or that wait to be given back.
+    /// Tasks whose results wait here (or were sent and not yet stored), or that wait to be
+    /// given back.
     pub fn ids(&self) -> impl Iterator<Item = TaskId> + '_ {
         let returned = self.returned.iter().flatten().copied();
-        self.results.iter().map(|r| r.id).chain(returned)
+        let kept = self
+            .unconfirmed
+            .iter()
+            .chain(self.resend.iter())
+            .flat_map(|f| f.ids.iter().copied());
+        self.results
+            .iter()
+            .map(|r| r.id)
+            .chain(returned)
+            .chain(kept)
     }
 
-    /// Forgets the tasks `keep` refuses: their results (and give-backs) are owed to nobody.
+    /// Forgets the tasks `keep` refuses: their results (and give-backs) are owed to nobody. A
+    /// kept frame stays whole (the interchange ignores results it does not expect), but the
+    /// refused ids leave its list.
     pub fn retain(&mut self, keep: impl Fn(TaskId) -> bool) {
         self.results.retain(|r| keep(r.id));
         if let Some(returned) = &mut self.returned {
             returned.retain(|&id| keep(id));
+        }
+        for frame in self.unconfirmed.iter_mut().chain(self.resend.iter_mut()) {
+            frame.ids.retain(|&id| keep(id));
         }
     }
 
@@ -71,7 +137,7 @@ impl Outbox {
     /// have gathered, the oldest has waited `RESULT_HOLD`, or the manager drains.
     pub fn due(&mut self, running: bool, draining: bool) -> bool {
         if self.results.is_empty() {
-            return self.returned.is_some();
+            return self.returned.is_some() || !self.resend.is_empty();
         }
         let since = *self.since.get_or_insert_with(Instant::now);
         !running || self.results.len() >= RESULT_BATCH || since.elapsed() >= RESULT_HOLD || draining
@@ -87,21 +153,46 @@ impl Outbox {
     /// Sends everything held on `link`; returns whether results went out.
     pub async fn flush(&mut self, link: &mut Link) -> bool {
         self.since = None;
+        let resent = !self.resend.is_empty();
+        for frame in std::mem::take(&mut self.resend) {
+            self.send(link, frame.count, frame.ids, frame.frame).await;
+        }
         if let Some(returned) = self.returned.take() {
             link.send(&ManagerMessage::Draining { returned }).await;
         }
         if self.results.is_empty() {
-            return false;
+            return resent;
         }
-        for result in self.results.drain(..) {
+        let mut ids = Vec::new();
+        for result in std::mem::take(&mut self.results) {
+            let id = result.id;
             if let Some(frame) = pack(&mut self.encoder, result) {
-                link.send_frame(frame).await;
+                // The frame of the results before this one; this one starts the next.
+                let before = std::mem::replace(&mut ids, vec![id]);
+                self.send(link, before.len() as u64, before, frame).await;
+            } else {
+                ids.push(id);
             }
         }
         if let Some(frame) = self.encoder.finish() {
-            link.send_frame(frame).await;
+            self.send(link, ids.len() as u64, ids, frame).await;
         }
         true
+    }
+
+    async fn send(&mut self, link: &mut Link, count: u64, ids: Vec<TaskId>, frame: Vec<u8>) {
+        if !self.keep_sent {
+            link.send_frame(frame).await;
+            return;
+        }
+        self.sent += count;
+        link.send_frame(frame.clone()).await;
+        self.unconfirmed.push_back(SentFrame {
+            upto: self.sent,
+            count,
+            ids,
+            frame,
+        });
     }
 }
 

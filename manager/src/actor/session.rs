@@ -35,6 +35,7 @@ impl State {
         self.last_heard = Instant::now();
         self.frame_limit = self.config.max_frame_bytes.min(session.max_frame_bytes);
         self.outbox.set_frame_limit(self.frame_limit);
+        self.outbox.new_link(session.stores_results);
     }
 
     /// Registered again after losing the link: the tasks the interchange no longer expects are

@@ -60,6 +60,20 @@ fn main() {
         Ok::<_, String>(serde_bytes::ByteBuf::from(vec![7u8; n]))
     });
     registry.register("add", |(a, b): (i64, i64)| Ok::<_, String>(a + b));
+    // Appends `tag` to DIR/PID.runs, one line per run: a test counts how often each task ran,
+    // across workers and restarts of everything else.
+    registry.register("record", |(dir, tag): (String, u64)| {
+        use std::io::Write;
+        let path = Path::new(&dir).join(format!("{}.runs", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        file.write_all(format!("{tag}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    });
     if let Err(e) = htex_worker::serve(&registry) {
         eprintln!("htex-test-worker: {e}");
         std::process::exit(1);
