@@ -3,7 +3,8 @@
 #   - the commands the tests run (Debian packages, installed when missing and apt-get works);
 #   - a Python venv with msgpack (warm runners) and pyzmq (a libzmq peer for the CURVE tests);
 #   - as root: a real single-host Slurm (scripts/slurm/up.sh), stopped again on exit when this
-#     script started it; network namespaces for the network-fault tests.
+#     script started it; network namespaces for the network-fault tests; a small tmpfs for the
+#     journal's full-disk test.
 # Then: the Python client's tests, `cargo test --workspace --release`, the unit tests again in
 # debug (overflow checks and debug assertions on), and the vendored zmq.rs's own tests.
 #
@@ -66,12 +67,12 @@ if ((is_root)) && [[ ${HTEX_TEST_SLURM:-1} != 0 ]]; then
         slurm_started=1
     fi
     scripts/slurm/up.sh
-    requires+=(slurm netns)
+    requires+=(slurm netns root)
 elif ((is_root)); then
     echo "HTEX_TEST_SLURM=0: the Slurm tests will skip"
-    requires+=(netns)
+    requires+=(netns root)
 else
-    echo "not root: the Slurm and network-namespace tests will skip (run as root to include them)"
+    echo "not root: the Slurm, network-namespace and full-disk (tmpfs) tests will skip (run as root to include them)"
 fi
 if [[ -z ${HTEX_REQUIRE:-} ]]; then
     HTEX_REQUIRE=$(IFS=,; echo "${requires[*]}")

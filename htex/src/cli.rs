@@ -203,10 +203,14 @@ fn init_logging(service: bool) {
     let default = if service { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only on a terminal: a log file or pipe gets plain text.
+    // Colours only on a terminal: a log file or pipe gets plain text. A log line that cannot be
+    // written is dropped: by default the subscriber reports that with `eprintln!`, which
+    // panics when stderr is a pipe nobody reads any more, and the panic ended whichever task
+    // was logging (the signal handler's, so a manager ignored SIGTERM).
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .init();
 }

@@ -52,11 +52,10 @@ impl Durable {
         }
     }
 
-    /// `htex interchange --journal` (its stderr in `interchange-N.log`), once it listens.
-    fn start(&mut self) -> Running {
-        self.starts += 1;
-        let log = self.log.join(format!("interchange-{}.log", self.starts));
-        let child = Command::new(HTEX)
+    /// `htex interchange` on the ports and the journal, heartbeats every 0.5 s.
+    fn command(&self) -> Command {
+        let mut command = Command::new(HTEX);
+        command
             .args([
                 "interchange",
                 "--client-port",
@@ -69,7 +68,16 @@ impl Durable {
                 "2",
                 "--journal",
             ])
-            .arg(&self.journal)
+            .arg(&self.journal);
+        command
+    }
+
+    /// The interchange (its stderr in `interchange-N.log`), once it listens.
+    fn start(&mut self) -> Running {
+        self.starts += 1;
+        let log = self.log.join(format!("interchange-{}.log", self.starts));
+        let child = self
+            .command()
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -93,18 +101,7 @@ impl Durable {
 
     /// The same command, expected to fail: its exit status and what it printed.
     fn start_failing(&self) -> (Option<i32>, String) {
-        let out = Command::new(HTEX)
-            .args([
-                "interchange",
-                "--client-port",
-                &self.client_port,
-                "--manager-port",
-                &self.manager_port,
-                "--journal",
-            ])
-            .arg(&self.journal)
-            .output()
-            .unwrap();
+        let out = self.command().output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -115,3 +115,67 @@ async fn sigterm_drains_a_manager_without_losing_or_rerunning_a_task() {
     wait_for_managers(&client, &["b"], Duration::from_secs(5)).await;
     assert_eq!(client.stray_results(), 0);
 }
+
+/// A manager whose stderr is a pipe nobody reads any more (its log collector died) still
+/// drains and exits on SIGTERM, with its tasks done: a log line it cannot write is dropped.
+/// (Each one used to panic the task that logged it, the signal handler's among them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_whose_stderr_reader_went_away_still_drains_on_sigterm() {
+    use std::process::{Command, Stdio};
+    let ic = interchange("stderr-gone", "127.0.0.1").await;
+    let mut child = Command::new(common::HTEX)
+        .args([
+            "manager",
+            "--port",
+            &ic.manager_port,
+            "--workers",
+            "2",
+            "--manager-id",
+            "p",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Client::connect(&ic.client_endpoint).await.unwrap();
+    wait_for_managers(&client, &["p"], Duration::from_secs(10)).await;
+    // The reader goes away: every write to the manager's stderr now fails (EPIPE).
+    drop(child.stderr.take());
+    let handles: Vec<_> = (0..20)
+        .map(|_| client.submit(Task::call("sleep", &100u64).unwrap()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let manager = Running(child);
+    manager.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    let mut manager = manager;
+    let status = loop {
+        if let Some(status) = manager.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the manager did not exit within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    println!("exited {:?} after SIGTERM", signalled.elapsed());
+    // The tasks it ran finished; what it had not started went back to the interchange (no
+    // other manager: they wait there). Nothing was lost.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut done = 0;
+    for handle in handles {
+        if let Some(result) = futures::FutureExt::now_or_never(handle) {
+            assert!(result.unwrap().outcome.is_ok());
+            done += 1;
+        }
+    }
+    let queued = client.status().await.unwrap().queued as usize;
+    assert!(
+        done >= 2,
+        "the tasks running at the signal finished: {done}"
+    );
+    assert_eq!(done + queued, 20, "{done} done, {queued} queued again");
+}

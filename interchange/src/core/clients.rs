@@ -595,12 +595,13 @@ impl Core {
         if client.outbox.is_empty() {
             clients.dirty.push(key);
         }
-        let journaled = client.identity.is_some() && gid != 0;
-        if journaled {
-            self.journal_result(gid, &result);
+        if client.identity.is_none() || gid == 0 {
+            client.outbox.push((gid, result));
+            return;
         }
-        let client = self.clients.records.get_mut(&key).expect("found above");
+        let journaled = result.clone();
         client.outbox.push((gid, result));
+        self.journal_result(gid, journaled);
     }
 
     /// Sends waiting results, packed under each client's frame limit; a result too large to
@@ -618,7 +619,7 @@ impl Core {
             let results = std::mem::take(&mut client.outbox);
             let keep = client.identity.is_some();
             if !results.is_empty() {
-                for (frame, gids) in pack_results(results, client.max_frame_bytes) {
+                for (frame, gids) in pack_results(results, client.max_frame_bytes, keep) {
                     if keep {
                         client.sent_total += gids.len() as u64;
                         client.sent.push_back(SentFrame {
@@ -666,11 +667,12 @@ impl Core {
     }
 }
 
-/// Packs results into `Results` frames of at most `limit` bytes, each with its results'
-/// global ids.
+/// Packs results into `Results` frames of at most `limit` bytes, each with its results' global
+/// ids when `with_gids` (for a client whose frames are kept until it confirms them).
 fn pack_results(
     results: Vec<(GlobalId, TaskResult)>,
     limit: usize,
+    with_gids: bool,
 ) -> Vec<(Vec<u8>, Vec<GlobalId>)> {
     let mut batch =
         BatchEncoder::new(&ClientReply::Results(Vec::new()), limit).expect("a batch message");
@@ -690,9 +692,11 @@ fn pack_results(
         match pushed {
             Ok(Some(full)) => {
                 // The frame of the results before this one; this one starts the next.
-                frames.push((full, std::mem::replace(&mut gids, vec![gid])));
+                let next = if with_gids { vec![gid] } else { Vec::new() };
+                frames.push((full, std::mem::replace(&mut gids, next)));
             }
-            Ok(None) => gids.push(gid),
+            Ok(None) if with_gids => gids.push(gid),
+            Ok(None) => {}
             Err(e) => tracing::error!("cannot pack a result: {e}"),
         }
     }

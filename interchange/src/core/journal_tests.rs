@@ -301,3 +301,66 @@ fn restored_tasks_wait_for_the_manager_that_holds_them_and_results_for_their_cli
     assert_eq!(results, [10, 11, 12]);
     assert_eq!(h.core.tasks.next_id(), 30, "ids go on after the journal's");
 }
+
+#[test]
+fn a_journal_several_times_the_live_state_is_replaced_by_a_snapshot_of_it() {
+    let mut h = journaled();
+    h.hello_as("c", "alice");
+    h.register("m", registration("m", 1, cpu_slots(1), 0));
+    let sent = h.submit("c", vec![spec(1), spec(2), spec(3)]);
+    let sent = h.durable(appended(&sent)[0].0);
+    let gids: Vec<u64> = sent.tasks("m").iter().map(|t| t.id).collect();
+    assert_eq!(gids.len(), 1, "one slot: one task out, two queued");
+    // Its result reaches the client, which has not confirmed it yet.
+    let sent = h.manager("m", ManagerMessage::Results(vec![ok_result(gids[0])]));
+    let seq = appended(&sent)[0].0;
+    // A file far larger than what is live: the next durable batch brings a snapshot.
+    let sent = h.apply(Input::Journal(JournalEvent::Durable {
+        seq,
+        file_bytes: 1 << 30,
+    }));
+    let snapshot = sent
+        .journal
+        .iter()
+        .find_map(|b| match b {
+            Batch::Snapshot { records, .. } => Some(records.clone()),
+            Batch::Append { .. } => None,
+        })
+        .expect("a snapshot");
+    assert!(matches!(snapshot[0], Record::NextId(n) if n == h.core.tasks.next_id()));
+    assert!(snapshot.iter().any(|r| matches!(
+        r,
+        Record::Client { identity, accepted_upto: 3, .. } if identity == "alice"
+    )));
+    let mut ids = task_ids(&snapshot);
+    ids.sort();
+    assert_eq!(
+        ids,
+        [1, 2, 3],
+        "two tasks live, one answered and not confirmed"
+    );
+    assert!(snapshot
+        .iter()
+        .any(|r| matches!(r, Record::Results(r) if r.len() == 1 && r[0].1.id == 1)));
+    // Once confirmed, a later snapshot leaves the answered task out.
+    h.client("c", ClientRequest::Received { results: 1 });
+    let snapshot_seq = match sent.journal.last() {
+        Some(Batch::Snapshot { seq, .. }) => *seq,
+        other => panic!("{other:?}"),
+    };
+    let sent = h.apply(Input::Journal(JournalEvent::Durable {
+        seq: snapshot_seq + 1,
+        file_bytes: 1 << 30,
+    }));
+    let later = sent
+        .journal
+        .iter()
+        .find_map(|b| match b {
+            Batch::Snapshot { records, .. } => Some(records.clone()),
+            Batch::Append { .. } => None,
+        })
+        .expect("a second snapshot");
+    let mut ids = task_ids(&later);
+    ids.sort();
+    assert_eq!(ids, [2, 3]);
+}

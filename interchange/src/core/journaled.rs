@@ -66,8 +66,8 @@ pub(crate) struct JournalState {
     /// Why the journal cannot be written, since its last failure.
     failing: Option<String>,
     file_bytes: u64,
-    /// A snapshot is on its way to the writer.
-    compacting: bool,
+    /// A snapshot is on its way to the writer: the batch that carries it.
+    compacting: Option<u64>,
     /// Restored tasks that wait for their managers to register again, until `restore_until`.
     restored: IdSet,
     restore_until: Option<Instant>,
@@ -86,7 +86,7 @@ impl JournalState {
             next_identity: 0,
             failing: None,
             file_bytes: 0,
-            compacting: false,
+            compacting: None,
             restored: IdSet::default(),
             restore_until: None,
         }
@@ -174,9 +174,9 @@ impl Core {
     }
 
     /// Records a result for a journaled client's task.
-    pub(super) fn journal_result(&mut self, gid: GlobalId, result: &TaskResult) {
+    pub(super) fn journal_result(&mut self, gid: GlobalId, result: TaskResult) {
         if let Some(journal) = self.journal_mut() {
-            journal.results.push((gid, result.clone()));
+            journal.results.push((gid, result));
         }
     }
 
@@ -211,7 +211,7 @@ impl Core {
         };
         if !journal.results.is_empty() {
             let results = std::mem::take(&mut journal.results);
-            journal.records.push(Record::Results(results));
+            journal.records.push(Record::Results(results.into()));
         }
         if journal.records.is_empty() && journal.releases.is_empty() {
             return;
@@ -242,6 +242,9 @@ impl Core {
                     return;
                 };
                 journal.file_bytes = file_bytes;
+                if journal.compacting.is_some_and(|s| s <= seq) {
+                    journal.compacting = None;
+                }
                 if let Some(reason) = journal.failing.take() {
                     tracing::info!("the journal is written again (it failed: {reason})");
                 }
@@ -274,9 +277,7 @@ impl Core {
                 for gid in gids {
                     self.unhold(gid);
                 }
-                if let Some(record) = self.clients.get(client).filter(|c| c.online) {
-                    out.send(Side::Client, &record.peer, &ClientReply::Accepted { first });
-                }
+                self.send_accepted(client, first, out);
             }
             Release::Stored { manager, upto } => {
                 if let Some(record) = self.managers.get(manager) {
@@ -287,6 +288,13 @@ impl Core {
                     );
                 }
             }
+        }
+    }
+
+    /// Tells a connected client its frames up to the one starting with `first` were taken.
+    fn send_accepted(&self, client: ClientKey, first: TaskId, out: &mut Effects) {
+        if let Some(record) = self.clients.get(client).filter(|c| c.online) {
+            out.send(Side::Client, &record.peer, &ClientReply::Accepted { first });
         }
     }
 
@@ -315,7 +323,7 @@ impl Core {
             journal.path
         );
         journal.failing = Some(reason);
-        journal.compacting = false;
+        journal.compacting = None;
         let mut failed = Vec::new();
         let mut later_stored = Vec::new();
         for pending in journal.pending.iter_mut() {
@@ -353,9 +361,7 @@ impl Core {
                             }
                         }
                         // Each of its tasks is answered: the client may drop the frame.
-                        if let Some(record) = self.clients.get(client).filter(|c| c.online) {
-                            out.send(Side::Client, &record.peer, &ClientReply::Accepted { first });
-                        }
+                        self.send_accepted(client, first, out);
                     }
                     stored @ Release::Stored { .. } => {
                         self.journal_mut().expect("journaled").releases.push(stored)
@@ -373,7 +379,7 @@ impl Core {
         let Some(journal) = self.journal.as_ref() else {
             return;
         };
-        if journal.compacting || journal.file_bytes < COMPACT_MIN_BYTES {
+        if journal.compacting.is_some() || journal.file_bytes < COMPACT_MIN_BYTES {
             return;
         }
         let live = self.task_bytes as u64
@@ -385,7 +391,7 @@ impl Core {
         let records = self.snapshot();
         let journal = self.journal_mut().expect("checked");
         journal.seq += 1;
-        journal.compacting = true;
+        journal.compacting = Some(journal.seq);
         tracing::info!(
             file_bytes = journal.file_bytes,
             live_bytes = live,
@@ -445,7 +451,7 @@ impl Core {
             records.push(Record::Tasks { client, tasks });
         }
         if !results.is_empty() {
-            records.push(Record::Results(results));
+            records.push(Record::Results(results.into()));
         }
         records
     }
@@ -569,7 +575,10 @@ impl Core {
             return;
         }
         journal.restore_until = None;
-        let restored = std::mem::take(&mut journal.restored);
+        // Oldest first: a queue takes tasks in order at its end, and sorts one in otherwise.
+        let mut restored: Vec<GlobalId> =
+            std::mem::take(&mut journal.restored).into_iter().collect();
+        restored.sort_unstable();
         let mut queued = 0;
         for gid in restored {
             if self.tasks.get(&gid).map(|t| t.state) == Some(TaskState::Held) {

@@ -51,8 +51,9 @@ pub(crate) enum Record {
         tasks: Vec<JournalTask>,
     },
     /// Results that came back, each for its task's global id (the result carries the client's
-    /// own id, as the client gets it).
-    Results(Vec<(GlobalId, TaskResult)>),
+    /// own id, as the client gets it). Shared, so the copy the core keeps (to write again if
+    /// the write fails) costs nothing.
+    Results(std::sync::Arc<Vec<(GlobalId, TaskResult)>>),
     /// Tasks done with: the client has their results.
     Forget(Vec<GlobalId>),
     /// Global ids below this were handed out (the first record of a compacted journal).
@@ -171,7 +172,7 @@ impl Restored {
                 }
             }
             Record::Results(results) => {
-                for (gid, result) in results {
+                for (gid, result) in std::sync::Arc::unwrap_or_clone(results) {
                     // A result for a task already forgotten was superseded; one for a task
                     // never accepted cannot be.
                     if gid >= self.next_gid {

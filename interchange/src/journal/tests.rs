@@ -79,7 +79,7 @@ fn sample() -> Vec<Batch> {
         Batch::Append {
             seq: 2,
             records: vec![
-                Record::Results(vec![(1, value(10)), (2, value(11))]),
+                Record::Results(vec![(1, value(10)), (2, value(11))].into()),
                 Record::Forget(vec![1]),
             ],
         },
@@ -270,7 +270,7 @@ fn a_snapshot_replaces_the_file_and_appends_follow_it() {
             },
             Batch::Append {
                 seq: 4,
-                records: vec![Record::Results(vec![(3, value(12))])],
+                records: vec![Record::Results(vec![(3, value(12))].into())],
             },
         ],
     );
