@@ -5,7 +5,7 @@
 #   - as root: a real single-host Slurm (scripts/slurm/up.sh), stopped again on exit when this
 #     script started it; network namespaces for the network-fault tests; a small tmpfs for the
 #     journal's full-disk test.
-# Then: the Python client's tests, `cargo test --workspace --release`, the unit tests again in
+# Then: the Python warm runner's tests, `cargo test --workspace --release`, the unit tests again in
 # debug (overflow checks and debug assertions on), and the vendored zmq.rs's own tests.
 #
 # Every test that needs a capability this script set up is told to fail rather than skip
@@ -80,7 +80,7 @@ fi
 export HTEX_REQUIRE
 echo "HTEX_REQUIRE=$HTEX_REQUIRE HTEX_TEST_PYTHON=$HTEX_TEST_PYTHON"
 
-step "python client tests (python/tests)"
+step "python warm runner tests (python/tests)"
 PYTHONPATH=python "$HTEX_TEST_PYTHON" -m unittest discover -s python/tests
 
 step "cargo test --workspace --release"
