@@ -24,7 +24,7 @@ use super::{Core, Effect, Effects, Now, Side};
 use crate::journal::{
     Batch, IdentityNumber, JournalEvent, JournalTask, Record, Restored, SpecBytes,
 };
-use crate::records::{ClientKey, GlobalId, IdSet, ManagerKey, TaskRecord, TaskState};
+use crate::records::{ClientKey, GlobalId, IdSet, ManagerKey, TaskState};
 
 /// Past this many bytes, a journal over `COMPACT_FACTOR` times the live state is compacted.
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
@@ -298,19 +298,6 @@ impl Core {
         }
     }
 
-    /// A held task goes into its class's queue.
-    pub(super) fn unhold(&mut self, gid: GlobalId) {
-        let Some(record) = self.tasks.get_mut(&gid) else {
-            return;
-        };
-        if record.state != TaskState::Held {
-            return;
-        }
-        record.state = TaskState::Queued;
-        self.queued += 1;
-        self.classes.queue_task(record.class, record.priority, gid);
-    }
-
     /// A batch (or several) could not be written. The writer handles batches in order, so
     /// every batch before `first` was durable: an `Accepted` for a failed frame covers no
     /// frame that is not.
@@ -526,33 +513,18 @@ impl Core {
         let decoded: TaskSpec = decode(&spec.0, usize::MAX).map_err(|e| TaskError::BadRequest {
             message: format!("its spec in the journal does not decode: {e}"),
         })?;
+        if decoded.id != gid {
+            return Err(TaskError::BadRequest {
+                message: format!(
+                    "its spec in the journal names task {}, not {gid}",
+                    decoded.id
+                ),
+            });
+        }
         if self.tasks.next_id() < gid {
             self.tasks.skip_to(gid);
         }
-        let class = self.classes.intern(&decoded.resources);
-        self.task_bytes += spec.0.len();
-        if let Some(record) = self.clients.get_mut(client) {
-            record.tasks.insert(id, gid);
-        }
-        self.tasks.insert(
-            gid,
-            TaskRecord {
-                client,
-                client_task_id: id,
-                task: spec,
-                class,
-                priority: decoded.priority,
-                max_retries: decoded.max_retries,
-                submitted_us: decoded.submitted_us,
-                state: TaskState::Held,
-                received_us: now.epoch_us,
-                dispatched_us: 0,
-                losses: 0,
-                timeout_s: decoded
-                    .timeout_ms
-                    .map_or(0, |ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
-            },
-        );
+        self.insert_task(client, id, spec, &decoded, TaskState::Held, now);
         Ok(())
     }
 

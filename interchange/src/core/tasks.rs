@@ -4,7 +4,8 @@
 //! remove tasks or change their state, and they keep the counters (`queued`, `task_bytes`) true.
 
 use htex_protocol::{
-    max_item_bytes, EncodedTask, InterchangeMessage, TaskError, TaskKind, TaskResult, TaskSpec,
+    max_item_bytes, EncodedTask, InterchangeMessage, TaskError, TaskId, TaskKind, TaskResult,
+    TaskSpec,
 };
 
 use super::{Core, Effects, Now, Side};
@@ -48,16 +49,36 @@ impl Core {
                 self.config.max_frame_bytes
             )));
         }
+        let state = if hold {
+            TaskState::Held
+        } else {
+            TaskState::Queued
+        };
+        self.insert_task(client, client_task_id, task, &spec, state, now);
+        Ok(gid)
+    }
+
+    /// Puts a task in the table under its spec's (global) id, and in its class's queue when
+    /// `state` is `Queued`, keeping the counters true: a submitted task, or one restored from
+    /// the journal.
+    pub(super) fn insert_task(
+        &mut self,
+        client: ClientKey,
+        client_task_id: TaskId,
+        task: EncodedTask,
+        spec: &TaskSpec,
+        state: TaskState,
+        now: Now,
+    ) {
+        let gid = spec.id;
         let class = self.classes.intern(&spec.resources);
-        if !hold {
+        if state == TaskState::Queued {
             self.classes.queue_task(class, spec.priority, gid);
             self.queued += 1;
         }
-        self.clients
-            .get_mut(client)
-            .expect("checked above")
-            .tasks
-            .insert(client_task_id, gid);
+        if let Some(record) = self.clients.get_mut(client) {
+            record.tasks.insert(client_task_id, gid);
+        }
         self.task_bytes += task.0.len();
         self.tasks.insert(
             gid,
@@ -69,11 +90,7 @@ impl Core {
                 priority: spec.priority,
                 max_retries: spec.max_retries,
                 submitted_us: spec.submitted_us,
-                state: if hold {
-                    TaskState::Held
-                } else {
-                    TaskState::Queued
-                },
+                state,
                 received_us: now.epoch_us,
                 dispatched_us: 0,
                 losses: 0,
@@ -82,7 +99,19 @@ impl Core {
                     .map_or(0, |ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
             },
         );
-        Ok(gid)
+    }
+
+    /// A held task (durable now, or restored and unclaimed) goes into its class's queue.
+    pub(super) fn unhold(&mut self, gid: GlobalId) {
+        let Some(record) = self.tasks.get_mut(&gid) else {
+            return;
+        };
+        if record.state != TaskState::Held {
+            return;
+        }
+        record.state = TaskState::Queued;
+        self.queued += 1;
+        self.classes.queue_task(record.class, record.priority, gid);
     }
 
     /// Ends a task with `Cancelled`: at once when it is not on a manager, else through the
