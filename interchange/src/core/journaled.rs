@@ -21,9 +21,7 @@ use htex_protocol::{
 };
 
 use super::{Core, Effect, Effects, Now, Side};
-use crate::journal::{
-    Batch, IdentityNumber, JournalEvent, JournalTask, Record, Restored, SpecBytes,
-};
+use crate::journal::{Batch, IdentityNumber, JournalEvent, JournalTask, Record, Restored};
 use crate::records::{ClientKey, GlobalId, IdSet, ManagerKey, TaskState};
 
 /// Past this many bytes, a journal over `COMPACT_FACTOR` times the live state is compacted.
@@ -157,7 +155,7 @@ impl Core {
         tasks.extend(answered.into_iter().map(|(gid, id)| JournalTask {
             gid,
             id,
-            spec: SpecBytes(Vec::new().into()),
+            spec: EncodedTask(Vec::new().into()),
         }));
         let journal = self.journal.as_deref_mut().expect("journaled");
         if !tasks.is_empty() {
@@ -419,7 +417,7 @@ impl Core {
                 by_client.entry(number).or_default().push(JournalTask {
                     gid,
                     id: result.id,
-                    spec: SpecBytes(Vec::new().into()),
+                    spec: EncodedTask(Vec::new().into()),
                 });
                 results.push((gid, result));
             }

@@ -65,8 +65,9 @@ pub(crate) enum Record {
 pub(crate) struct JournalTask {
     pub gid: GlobalId,
     pub id: TaskId,
-    /// The spec as managers get it (its `id` is `gid`), encoded.
-    pub spec: SpecBytes,
+    /// The spec as managers get it (its `id` is `gid`), encoded; shared with the task table
+    /// (not copied) until the writer encodes it.
+    pub spec: EncodedTask,
 }
 
 impl JournalTask {
@@ -74,25 +75,8 @@ impl JournalTask {
         JournalTask {
             gid,
             id,
-            spec: SpecBytes(spec.0.clone()),
+            spec: spec.clone(),
         }
-    }
-}
-
-/// An encoded spec, shared with the task table (not copied) until the writer encodes it.
-#[derive(Debug, Clone)]
-pub(crate) struct SpecBytes(pub std::sync::Arc<[u8]>);
-
-impl Serialize for SpecBytes {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for SpecBytes {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
-        Ok(SpecBytes(bytes.into_vec().into()))
     }
 }
 
@@ -163,7 +147,7 @@ impl Restored {
                     let restored = RestoredTask {
                         client,
                         id: task.id,
-                        spec: EncodedTask(task.spec.0),
+                        spec: task.spec,
                         result: None,
                     };
                     if self.tasks.insert(task.gid, restored).is_some() {
