@@ -23,8 +23,11 @@ is_root=0
 
 step "system packages"
 # Commands the tests and the example task file run, as `command:debian-package`. `ip`
-# (iproute2) lets htex/tests/network_faults.rs cut a manager off in a network namespace.
-required=(sh:dash awk:mawk seq:coreutils wc:coreutils paste:coreutils uname:coreutils ip:iproute2)
+# (iproute2) lets htex/tests/network_faults.rs cut a manager off in a network namespace;
+# promtool and prometheus check and scrape the metrics endpoint, and tmux shows the live view
+# (htex/tests/monitoring.rs).
+required=(sh:dash awk:mawk seq:coreutils wc:coreutils paste:coreutils uname:coreutils ip:iproute2
+    promtool:prometheus prometheus:prometheus tmux:tmux)
 missing=()
 for entry in "${required[@]}"; do
     command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
@@ -34,8 +37,15 @@ if ((${#missing[@]} == 0)); then
 elif ((is_root)) && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # No package's service starts on install (prometheus's would): the tests start their own.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
     { apt-get update -q && apt-get install -y --no-install-recommends "${missing[@]}"; } \
         || echo "warning: apt-get failed; continuing without ${missing[*]}"
+    if ((made_policy)); then rm -f "$policy"; fi
 else
     echo "warning: cannot install ${missing[*]} (needs root and apt-get); tests that run them will fail"
 fi
@@ -52,6 +62,8 @@ HTEX_TEST_PYTHON=$(cd "$venv/bin" && pwd)/python
 export HTEX_TEST_PYTHON
 requires=(python)
 (($(nproc) >= 2)) && requires+=(cpus2)
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && requires+=(prometheus)
+command -v tmux >/dev/null 2>&1 && requires+=(tmux)
 
 slurm_started=0
 stop_slurm() {

@@ -67,6 +67,11 @@ pub struct BenchArgs {
     /// again, and run the tasks it restored.
     #[arg(long, requires_all = ["journal", "queue_first"])]
     restart: bool,
+    /// The interchange records the run in a monitoring database (`htex interchange
+    /// --monitoring`) in the run's directory; the report says its size per task and how long
+    /// its writer took to catch up after the last result.
+    #[arg(long)]
+    monitoring: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -162,6 +167,13 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     let _ = std::fs::remove_file(&journal);
     if args.journal {
         iargs.extend(["--journal".into(), path(&journal)]);
+    }
+    let database = dir.join("monitoring.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+    }
+    if args.monitoring {
+        iargs.extend(["--monitoring".into(), path(&database)]);
     }
     let keys = dir.join("keys");
     if args.encrypted {
@@ -301,6 +313,11 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     latencies.sort_unstable();
     let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let monitoring = if args.monitoring {
+        Some(monitoring_report(&database, args.tasks).await)
+    } else {
+        None
+    };
     let report = json!({
         "tasks": args.tasks,
         "kind": format!("{:?}", args.kind).to_lowercase(),
@@ -315,6 +332,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
             "bytes_at_end": std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0),
         })),
         "queue_first": args.queue_first,
+        "monitoring": monitoring,
         "queued": queued,
         "payload": payload,
         "stalled_client": stalled_report,
@@ -335,6 +353,41 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
+    })
+}
+
+/// `--monitoring`: waits (up to a minute) until the database holds every task's end, then
+/// reports its size and how long that took after the last result.
+async fn monitoring_report(database: &std::path::Path, tasks: usize) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    let mut counts = Default::default();
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        match htex_monitoring::db::count_latest_run(database) {
+            Ok(c) => {
+                counts = c;
+                if c.ended >= tasks as u64 {
+                    break;
+                }
+            }
+            Err(e) => tracing::debug!("{e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let size = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", database.display()))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let bytes = size("") + size("-wal");
+    json!({
+        "tasks": counts.tasks,
+        "ended": counts.ended,
+        "attempts": counts.attempts,
+        "events_dropped": counts.events_dropped,
+        "caught_up_after_s": (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        "db_bytes": size(""),
+        "wal_bytes": size("-wal"),
+        "bytes_per_task": (bytes as f64 / tasks.max(1) as f64).round(),
     })
 }
 

@@ -44,6 +44,11 @@ enum Commands {
     Bench(crate::bench::BenchArgs),
     /// Show an interchange's managers, slots, load and queue.
     Status(StatusArgs),
+    /// The live view: `htex status --watch`.
+    Top(TopArgs),
+    /// Draw a monitoring database (`--monitoring`) as one self-contained HTML file: a timeline
+    /// of every slot, tasks in flight, queue and run times, slot and GPU use.
+    Report(ReportArgs),
     /// Show the blocks of managers the interchange's provider started (Slurm jobs, local
     /// processes): job id, state, managers, age, idle time, time left, and the last scaling
     /// decision.
@@ -100,6 +105,21 @@ struct RunArgs {
     /// Hide the progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Record the run in this SQLite file (see `htex interchange --monitoring`).
+    #[arg(long, value_name = "DB")]
+    monitoring: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts.
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::interchange_cmd::parse_socket_address)]
+    metrics_address: Option<std::net::SocketAddr>,
+}
+
+impl RunArgs {
+    fn monitoring(&self) -> htex_monitoring::MonitorConfig {
+        htex_monitoring::MonitorConfig {
+            database: self.monitoring.clone(),
+            metrics_address: self.metrics_address,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -152,6 +172,34 @@ struct StatusArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Redraw the status in place every SECONDS (default 1) until Ctrl-C: queue, rates,
+    /// managers, every slot busy or idle with its GPU share and use.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1", conflicts_with = "json")]
+    watch: Option<f64>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The monitoring database.
+    database: PathBuf,
+    /// Where to write the report.
+    #[arg(long, default_value = "htex-report.html")]
+    out: PathBuf,
+    /// Write the slot timeline alone, as an SVG file.
+    #[arg(long)]
+    svg: bool,
+    /// Which run of the database (default: the latest).
+    #[arg(long)]
+    run: Option<i64>,
+}
+
+#[derive(Args)]
+struct TopArgs {
+    #[command(flatten)]
+    target: InterchangeAddress,
+    /// Seconds between frames.
+    #[arg(long, default_value_t = 1.0)]
+    every: f64,
 }
 
 /// Runs the command line; errors are printed, not panicked.
@@ -223,6 +271,15 @@ async fn dispatch(command: Commands) -> anyhow::Result<ExitCode> {
         Commands::Blocks { target, resume } => blocks(target, resume).await,
         Commands::Manager(args) => crate::manager_cmd::manager(*args).await,
         Commands::Status(args) => status(args).await,
+        Commands::Report(args) => report(args),
+        Commands::Top(args) => {
+            status(StatusArgs {
+                target: args.target,
+                json: false,
+                watch: Some(args.every),
+            })
+            .await
+        }
         Commands::Bench(args) => crate::bench::bench(args).await,
         Commands::Keygen { dir, name } => {
             let (public, secret) = htex_transport::keys::keygen(&dir, &name)?;
@@ -277,7 +334,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.managers == 0 || workers == 0 {
         bail!("--managers and --workers must be at least 1");
     }
-    let cluster = LocalCluster::start(args.managers, workers, None).await?;
+    let cluster =
+        LocalCluster::start_monitored(args.managers, workers, None, args.monitoring()).await?;
+    announce_monitoring(&args, cluster.interchange().metrics_address());
     let client = Client::connect(cluster.client_endpoint()).await?;
     let outcome = write_results(&client, tasks, &args.results, !args.quiet).await;
     client.close().await;
@@ -292,9 +351,16 @@ async fn run_on_blocks(
     path: &std::path::Path,
     args: &RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    let config = crate::interchange_cmd::interchange_config(
+    let mut config = crate::interchange_cmd::interchange_config(
         &crate::interchange_cmd::InterchangeArgs::from_file(path),
     )?;
+    let monitoring = args.monitoring();
+    if monitoring.database.is_some() {
+        config.monitoring.database = monitoring.database;
+    }
+    if monitoring.metrics_address.is_some() {
+        config.monitoring.metrics_address = monitoring.metrics_address;
+    }
     if config.provider.is_none() {
         bail!(
             "{} has no [provider] table: `htex run --config` runs its tasks on blocks of \
@@ -316,6 +382,7 @@ async fn run_on_blocks(
         interchange.client_endpoint(),
         interchange.manager_endpoint()
     );
+    announce_monitoring(args, interchange.metrics_address());
     let client_config = htex_client::ClientConfig {
         server_key,
         key: args.key.clone(),
@@ -331,6 +398,33 @@ async fn run_on_blocks(
     };
     interchange.shutdown().await?;
     outcome
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use htex_monitoring::report::{render_html, render_timeline_svg, RunSelector};
+    let run = args.run.map_or(RunSelector::Latest, RunSelector::Id);
+    let text = if args.svg {
+        render_timeline_svg(&args.database, run)?
+    } else {
+        render_html(&args.database, run)?
+    };
+    std::fs::write(&args.out, text)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("{}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where the run's monitoring goes, on stderr (stdout is the summary).
+fn announce_monitoring(args: &RunArgs, metrics: Option<std::net::SocketAddr>) {
+    if let Some(db) = &args.monitoring {
+        eprintln!(
+            "monitoring: {} (htex report {0} --out report.html)",
+            db.display()
+        );
+    }
+    if let Some(address) = metrics {
+        eprintln!("metrics: http://{address}/metrics");
+    }
 }
 
 async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
@@ -377,6 +471,16 @@ async fn blocks(target: InterchangeAddress, resume: bool) -> anyhow::Result<Exit
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = args.target.connect().await?;
+    if let Some(seconds) = args.watch {
+        let every = crate::common::seconds("watch", seconds)?;
+        if every < std::time::Duration::from_millis(50) {
+            bail!("--watch {seconds}: give at least 0.05 seconds between frames");
+        }
+        let watched = crate::live::watch(&client, every).await;
+        client.close().await;
+        watched?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = client.status().await?;
     client.close().await;
     if args.json {

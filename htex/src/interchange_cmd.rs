@@ -62,6 +62,25 @@ pub struct InterchangeArgs {
     /// restart on the same file after a crash restores them (made if missing).
     #[arg(long, value_name = "FILE")]
     journal: Option<PathBuf>,
+    /// Record every task, attempt, manager, slot and GPU sample in this SQLite file (made if
+    /// missing; each start adds a run). Read it with `htex report` or sqlite3 while it runs.
+    #[arg(long, value_name = "DB")]
+    monitoring: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free one; the
+    /// addresses file names it).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_socket_address)]
+    metrics_address: Option<std::net::SocketAddr>,
+}
+
+/// `HOST:PORT` as a socket address (a host name is looked up).
+pub fn parse_socket_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addresses = text
+        .to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not HOST:PORT ({e})"))?;
+    addresses
+        .next()
+        .ok_or_else(|| format!("`{text}` names no address"))
 }
 
 impl InterchangeArgs {
@@ -108,6 +127,8 @@ struct InterchangeFile {
     provider: Option<ProviderConfig>,
     scaling: Option<ScalingConfig>,
     journal: Option<PathBuf>,
+    monitoring: Option<PathBuf>,
+    metrics_address: Option<String>,
 }
 
 /// The config the flags and the file make; relative paths in the file, as in flags, are from
@@ -148,6 +169,14 @@ pub fn interchange_config(args: &InterchangeArgs) -> anyhow::Result<InterchangeC
         journal: args.journal.clone().or(file.journal),
         ..InterchangeConfig::default()
     };
+    config.monitoring.database = args.monitoring.clone().or(file.monitoring);
+    config.monitoring.metrics_address = match (args.metrics_address, &file.metrics_address) {
+        (Some(address), _) => Some(address),
+        (None, Some(text)) => {
+            Some(parse_socket_address(text).map_err(|e| anyhow::anyhow!("metrics_address: {e}"))?)
+        }
+        (None, None) => None,
+    };
     let frame = match (args.max_frame_bytes, &file.max_frame_bytes) {
         (Some(n), _) => Some(n),
         (None, Some(b)) => Some(b.get("max_frame_bytes")?),
@@ -182,6 +211,9 @@ pub async fn interchange(args: InterchangeArgs) -> anyhow::Result<ExitCode> {
     let interchange = Interchange::start(config).await?;
     println!("client endpoint: {}", interchange.client_endpoint());
     println!("manager endpoint: {}", interchange.manager_endpoint());
+    if let Some(address) = interchange.metrics_address() {
+        println!("metrics: http://{address}/metrics");
+    }
     let stopper = interchange.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod common;
 pub mod interchange_cmd;
+pub mod live;
 pub mod manager_cmd;
 pub mod run;
 pub mod taskfile;

@@ -90,6 +90,10 @@ pub struct ManagerArgs {
     /// Seconds a drain (first SIGTERM/SIGINT) waits for running tasks before stopping (default 20).
     #[arg(long)]
     drain_timeout: Option<f64>,
+    /// Seconds between NVML samples of the slots' GPUs, reported to an interchange that
+    /// records events (default 5; 0: none).
+    #[arg(long)]
+    gpu_sample_period: Option<f64>,
     /// Seconds to keep running tasks and trying to register again after losing the interchange
     /// (0: exit at once; default 60).
     #[arg(long)]
@@ -140,6 +144,7 @@ impl ManagerArgs {
             runners: self.runner.clone(),
             runner_start: self.runner_start,
             drain_timeout: self.drain_timeout,
+            gpu_sample_period: self.gpu_sample_period,
             reconnect_timeout: self.reconnect_timeout,
             cpu_affinity: self.cpu_affinity.clone(),
             cores_per_slot: self.cores_per_slot,

@@ -71,6 +71,8 @@ pub struct InterchangeConfig {
     /// The journal file: what the interchange accepted survives a crash, and a restart on
     /// the same file restores it.
     pub journal: Option<PathBuf>,
+    /// The event stream's consumers: the monitoring database and the metrics endpoint.
+    pub monitoring: htex_monitoring::MonitorConfig,
 }
 
 impl Default for InterchangeConfig {
@@ -92,6 +94,7 @@ impl Default for InterchangeConfig {
             provider: None,
             scaling: ScalingConfig::default(),
             journal: None,
+            monitoring: htex_monitoring::MonitorConfig::default(),
         }
     }
 }
@@ -205,6 +208,8 @@ pub enum InterchangeError {
     },
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Monitoring(#[from] htex_monitoring::MonitorError),
 }
 
 /// Whether an endpoint is reachable only from this machine (loopback TCP or IPC).
@@ -397,6 +402,7 @@ async fn read_journal(path: PathBuf) -> Result<journal::Restored, InterchangeErr
 pub struct Interchange {
     client_endpoint: String,
     manager_endpoint: String,
+    metrics_address: Option<std::net::SocketAddr>,
     stop: mpsc::UnboundedSender<()>,
     task: JoinHandle<()>,
 }
@@ -426,9 +432,25 @@ impl Interchange {
             .map_err(bind("manager"))?;
         let client_endpoint = clients.endpoint.clone();
         let manager_endpoint = managers.endpoint.clone();
+        let monitor = if config.monitoring.is_on() {
+            let run = htex_monitoring::RunInfo {
+                started_us: htex_protocol::now_us(),
+                interchange: client_endpoint.clone(),
+                host: this_host(),
+                pid: std::process::id(),
+                htex_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            Some(htex_monitoring::Monitor::start(&config.monitoring, &run).await?)
+        } else {
+            None
+        };
+        let metrics_address = monitor.as_ref().and_then(|m| m.metrics_address());
         if let Some(path) = &config.addresses_file {
+            let metrics = metrics_address
+                .map(|a| format!(", \"metrics\": \"http://{a}/metrics\""))
+                .unwrap_or_default();
             let json = format!(
-                "{{\"client\": \"{client_endpoint}\", \"manager\": \"{manager_endpoint}\"}}\n"
+                "{{\"client\": \"{client_endpoint}\", \"manager\": \"{manager_endpoint}\"{metrics}}}\n"
             );
             std::fs::write(path, json).map_err(|source| InterchangeError::AddressesFile {
                 path: path.clone(),
@@ -460,6 +482,7 @@ impl Interchange {
         let shell_config = shell::ShellConfig {
             provider,
             journal,
+            monitor,
             tick: config.heartbeat_period,
             max_frame_bytes: config.max_frame_bytes,
             backlog_budget: config.max_peer_backlog_bytes,
@@ -472,7 +495,8 @@ impl Interchange {
         let (stop, stop_rx) = mpsc::unbounded_channel();
         let journal_state = config.journal.as_deref().map(core::JournalState::new);
         let now = core::Now::read();
-        let mut core = core::Core::new(config, security, scaling, journal_state, now);
+        let monitored = config.monitoring.is_on();
+        let mut core = core::Core::new(config, security, scaling, journal_state, monitored, now);
         if let Some(restored) = restored {
             core.restore(now, restored);
         }
@@ -480,6 +504,7 @@ impl Interchange {
         Ok(Interchange {
             client_endpoint,
             manager_endpoint,
+            metrics_address,
             stop,
             task,
         })
@@ -498,6 +523,11 @@ impl Interchange {
     /// The endpoint managers connect to.
     pub fn manager_endpoint(&self) -> &str {
         &self.manager_endpoint
+    }
+
+    /// Where `/metrics` is served, with `--metrics-address`.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_address
     }
 
     /// Shuts down as the `Shutdown` command does: managers are told to stop and every outstanding

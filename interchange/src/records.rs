@@ -77,7 +77,9 @@ pub(crate) struct TaskRecord {
     pub received_us: u64,
     pub dispatched_us: u64,
     /// How many managers were lost while holding the task.
-    pub losses: u32,
+    pub losses: u16,
+    /// How many times it was sent to a manager (its attempts).
+    pub dispatches: u16,
     /// The task's declared time limit in whole seconds, rounded up (0: none): a block whose
     /// walltime ends sooner is not sent it.
     pub timeout_s: u32,

@@ -49,6 +49,8 @@ pub(crate) struct ShellConfig {
     pub provider: Option<ProviderThread>,
     /// The journal's writer, with `--journal`.
     pub journal: Option<crate::journal::Writer>,
+    /// The event stream's consumers, with `--monitoring` or `--metrics-address`.
+    pub monitor: Option<htex_monitoring::Monitor>,
     pub tick: Duration,
     pub max_frame_bytes: usize,
     /// Bytes queued for one peer past which it counts as not reading.
@@ -189,6 +191,7 @@ pub(crate) async fn run(
     let provider = config.provider.take();
     let actions = provider.as_ref().map(|p| p.actions.clone());
     let journal = config.journal.take();
+    let monitor = config.monitor.take();
     let mut out = Effects::default();
     let mut backlog = Backlog::default();
     let mut next_tick = tokio::time::Instant::now() + config.tick;
@@ -214,15 +217,12 @@ pub(crate) async fn run(
             next_tick = tokio::time::Instant::now() + config.tick;
             backlog.check(&routers, &config, &mut core, &mut out);
         }
-        let queued = apply_effects(
-            &routers,
-            &mut core,
-            &mut out,
-            &mut backlog,
-            &config,
-            actions.as_ref(),
-            journal.as_ref(),
-        );
+        let sinks = Sinks {
+            provider: actions.as_ref(),
+            journal: journal.as_ref(),
+            monitor: monitor.as_ref(),
+        };
+        let queued = apply_effects(&routers, &mut core, &mut out, &mut backlog, &config, sinks);
         if queued >= config.max_frame_bytes.min(1 << 20) {
             // Let the connections' writers put big frames on the wire before more pile up.
             tokio::task::yield_now().await;
@@ -242,6 +242,9 @@ pub(crate) async fn run(
     if let Some(journal) = journal {
         // What the last inputs recorded is written before the interchange says it stopped.
         let _ = tokio::task::spawn_blocking(move || journal.finish()).await;
+    }
+    if let Some(monitor) = monitor {
+        monitor.finish().await;
     }
     tracing::info!("interchange stopped");
 }
@@ -280,6 +283,14 @@ fn burst(
     core.apply(Now::read(), Input::Flush, out);
 }
 
+/// Where the effects that are not frames go.
+#[derive(Clone, Copy)]
+struct Sinks<'a> {
+    provider: Option<&'a std::sync::mpsc::Sender<ProviderAction>>,
+    journal: Option<&'a crate::journal::Writer>,
+    monitor: Option<&'a htex_monitoring::Monitor>,
+}
+
 /// Queues every frame the core sent, without waiting; returns the bytes queued. A peer over
 /// twice its budget is stalled at once, one over its budget is watched.
 fn apply_effects(
@@ -288,8 +299,7 @@ fn apply_effects(
     out: &mut Effects,
     backlog: &mut Backlog,
     config: &ShellConfig,
-    provider: Option<&std::sync::mpsc::Sender<ProviderAction>>,
-    journal: Option<&crate::journal::Writer>,
+    sinks: Sinks<'_>,
 ) -> usize {
     let mut queued_total = 0;
     // Stalling a peer makes effects of its own (a drop, cancels): applied in the next pass.
@@ -331,13 +341,13 @@ fn apply_effects(
                     backlog.forget(side, &peer);
                     routers.side(side).disconnect(&peer);
                 }
-                Effect::Provider(action) => match provider {
+                Effect::Provider(action) => match sinks.provider {
                     Some(p) => {
                         let _ = p.send(action);
                     }
                     None => tracing::error!("a provider action with no provider: {action:?}"),
                 },
-                Effect::Journal(batch) => match journal {
+                Effect::Journal(batch) => match sinks.journal {
                     Some(writer) => {
                         if !writer.send(batch) {
                             tracing::error!("the journal's writer stopped");
@@ -345,6 +355,11 @@ fn apply_effects(
                     }
                     None => tracing::error!("a journal record with no journal"),
                 },
+                Effect::Events(events) => {
+                    if let Some(monitor) = sinks.monitor {
+                        monitor.send(events);
+                    }
+                }
                 Effect::Stopped => {}
             }
         }

@@ -35,7 +35,21 @@ impl LocalCluster {
         workers: usize,
         worker_command: Option<Vec<String>>,
     ) -> Result<LocalCluster, LocalClusterError> {
-        Self::start_with(InterchangeConfig::default(), managers, |i, endpoint| {
+        Self::start_monitored(managers, workers, worker_command, Default::default()).await
+    }
+
+    /// `start`, with the interchange's event stream recorded (`htex run --monitoring`).
+    pub async fn start_monitored(
+        managers: usize,
+        workers: usize,
+        worker_command: Option<Vec<String>>,
+        monitoring: htex_monitoring::MonitorConfig,
+    ) -> Result<LocalCluster, LocalClusterError> {
+        let interchange = InterchangeConfig {
+            monitoring,
+            ..InterchangeConfig::default()
+        };
+        Self::start_with(interchange, managers, |i, endpoint| {
             let command = worker_command
                 .clone()
                 .unwrap_or_else(this_executable_worker);
@@ -68,6 +82,11 @@ impl LocalCluster {
     /// Where clients connect.
     pub fn client_endpoint(&self) -> &str {
         self.interchange.client_endpoint()
+    }
+
+    /// The interchange (its metrics address, say).
+    pub fn interchange(&self) -> &Interchange {
+        &self.interchange
     }
 
     /// Where more managers connect.

@@ -6,6 +6,7 @@
 mod actor;
 pub mod affinity;
 pub mod config;
+mod gpu_sampler;
 pub mod inventory;
 mod link;
 pub mod mps;

@@ -102,6 +102,8 @@ pub(crate) struct Session {
     pub orphaned: Vec<TaskId>,
     /// The interchange journals results: keep each sent one until `Stored` covers it.
     pub stores_results: bool,
+    /// The interchange records events: send a `Report` in place of each heartbeat.
+    pub wants_reports: bool,
 }
 
 /// A link that registered, with its receive half not yet read (see [`Link::start_reader`]).
@@ -168,6 +170,7 @@ pub(crate) async fn connect(
             max_frame_bytes,
             orphaned,
             stores_results,
+            wants_reports,
         }) => Session {
             heartbeat: Heartbeat {
                 period: Duration::from_millis(heartbeat_period_ms),
@@ -176,6 +179,7 @@ pub(crate) async fn connect(
             max_frame_bytes: usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
             orphaned,
             stores_results,
+            wants_reports,
         },
         Ok(InterchangeMessage::Refused { reason }) => return Err(ManagerError::Refused(reason)),
         Ok(other) => {

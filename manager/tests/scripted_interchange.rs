@@ -194,6 +194,7 @@ fn registered(max_frame_bytes: usize, orphaned: Vec<TaskId>) -> InterchangeMessa
         max_frame_bytes: max_frame_bytes as u64,
         orphaned,
         stores_results: false,
+        wants_reports: false,
     }
 }
 
@@ -205,6 +206,7 @@ fn registered_storing() -> InterchangeMessage {
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES as u64,
         orphaned: Vec::new(),
         stores_results: true,
+        wants_reports: false,
     }
 }
 

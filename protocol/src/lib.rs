@@ -24,7 +24,7 @@ pub use slot::{format_cpu_list, ResourceRequest, RunnerSpec, SlotDescriptor, Slo
 pub use task::*;
 
 /// Version of the wire protocol. Peers with another version are refused at hello/registration.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Microseconds since the Unix epoch, the time unit of every timestamp on the wire.
 pub fn now_us() -> u64 {

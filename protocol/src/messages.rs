@@ -146,6 +146,15 @@ pub struct StatusReport {
     /// Blocks and the scaling loop, when the interchange has a provider.
     #[serde(default)]
     pub scaling: Option<Box<ScalingReport>>,
+    /// Tasks accepted since the interchange started (restored ones not counted).
+    #[serde(default)]
+    pub submitted_total: u64,
+    /// Tasks that ended with a result since it started.
+    #[serde(default)]
+    pub completed_total: u64,
+    /// Tasks that ended with an error since it started.
+    #[serde(default)]
+    pub failed_total: u64,
 }
 
 /// The scaling loop: its provider, its blocks, and why it did what it did last.
@@ -201,6 +210,9 @@ pub struct ManagerStatus {
     /// Most tasks it may hold: slots + prefetch.
     pub capacity: u32,
     pub last_heartbeat_ms_ago: u64,
+    /// Its last report: each slot busy or idle, its GPUs' samples.
+    #[serde(default)]
+    pub report: Option<Box<ManagerReport>>,
 }
 
 /// A manager's state as the interchange sees it.
@@ -268,6 +280,8 @@ pub enum ManagerMessage {
     Draining {
         returned: Vec<TaskId>,
     },
+    /// A heartbeat with what the manager saw since the last one (when `wants_reports`).
+    Report(Box<ManagerReport>),
 }
 
 /// Interchange → manager.
@@ -285,6 +299,10 @@ pub enum InterchangeMessage {
         /// `Stored` covers it, and sends it again after registering again.
         #[serde(default)]
         stores_results: bool,
+        /// The interchange records events (`--monitoring`, `--metrics-address`): the manager
+        /// sends a `Report` (slot states, worker events, GPU samples) in place of each heartbeat.
+        #[serde(default)]
+        wants_reports: bool,
     },
     Refused {
         reason: String,
@@ -316,4 +334,78 @@ pub enum WorkerRequest {
 pub enum WorkerReply {
     Ready { pid: u32, functions: Vec<String> },
     Done(TaskResult),
+}
+
+/// What a manager saw since its last report, sent in place of a heartbeat every heartbeat
+/// period while the interchange records events (`Registered.wants_reports`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ManagerReport {
+    pub at_us: u64,
+    /// Every slot's state now.
+    pub slots: Vec<SlotState>,
+    /// What happened to slot workers since the last report.
+    pub slot_events: Vec<SlotEvent>,
+    /// One sample per GPU the manager's slots use.
+    pub gpus: Vec<GpuSample>,
+    /// GPU memory used by each GPU slot's worker processes (MPS clients included).
+    pub slot_gpu_memory: Vec<SlotGpuMemory>,
+}
+
+/// A slot's state in a manager report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotState {
+    pub slot: u32,
+    /// Running a task now.
+    pub busy: bool,
+    /// Its worker's pid, when one is running.
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotEventKind {
+    /// A worker process started in the slot (the first, or one replacing a dead one).
+    WorkerStarted,
+    /// The slot's worker process died.
+    WorkerDied,
+    /// The slot's GPU reported a fault; its tasks were ended with `GpuFault`.
+    GpuFault,
+}
+
+impl SlotEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotEventKind::WorkerStarted => "worker_started",
+            SlotEventKind::WorkerDied => "worker_died",
+            SlotEventKind::GpuFault => "gpu_fault",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotEvent {
+    pub slot: u32,
+    pub at_us: u64,
+    pub kind: SlotEventKind,
+    pub pid: Option<u32>,
+    /// How it died, what the fault was.
+    pub detail: Option<String>,
+}
+
+/// One NVML sample of a GPU (or MIG instance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuSample {
+    pub gpu_uuid: String,
+    pub at_us: u64,
+    /// Fraction of the last sample period a kernel ran (`nvmlDeviceGetUtilizationRates`).
+    pub utilization_ratio: Option<f32>,
+    /// GPM SM activity (Hopper and later): how much of the GPU's SMs the slots kept busy.
+    pub sm_activity_ratio: Option<f32>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotGpuMemory {
+    pub slot: u32,
+    pub bytes: u64,
 }

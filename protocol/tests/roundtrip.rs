@@ -178,9 +178,11 @@ prop_compose! {
         id in text(), hostname in text(), block_id in maybe(text()), version in text(),
         state in manager_state(), slots in vec(slot_descriptor(), 0..3),
         tasks in any::<u32>(), capacity in any::<u32>(), last_heartbeat_ms_ago in any::<u64>(),
+        report in maybe(manager_report().prop_map(Box::new)),
     ) -> ManagerStatus {
         ManagerStatus {
             id, hostname, block_id, version, state, slots, tasks, capacity, last_heartbeat_ms_ago,
+            report,
         }
     }
 }
@@ -214,10 +216,13 @@ prop_compose! {
         managers in vec(manager_status(), 0..3), task_bytes in any::<u64>(),
         max_task_bytes in any::<u64>(), security in text(),
         scaling in maybe(scaling_report().prop_map(Box::new)),
+        totals in (any::<u64>(), any::<u64>(), any::<u64>()),
     ) -> StatusReport {
+        let (submitted_total, completed_total, failed_total) = totals;
         StatusReport {
             interchange, protocol_version, uptime_ms, clients, queued, outstanding, managers,
-            task_bytes, max_task_bytes, security, scaling,
+            task_bytes, max_task_bytes, security, scaling, submitted_total, completed_total,
+            failed_total,
         }
     }
 }
@@ -310,7 +315,61 @@ fn manager_message() -> impl Strategy<Value = ManagerMessage> {
         Just(ManagerMessage::Heartbeat),
         Just(ManagerMessage::Goodbye),
         vec(any::<u64>(), 0..8).prop_map(|returned| ManagerMessage::Draining { returned }),
+        manager_report().prop_map(|r| ManagerMessage::Report(Box::new(r))),
     ]
+}
+
+fn manager_report() -> impl Strategy<Value = ManagerReport> {
+    let slot_state = (any::<u32>(), any::<bool>(), maybe(any::<u32>()))
+        .prop_map(|(slot, busy, pid)| SlotState { slot, busy, pid });
+    let kind = prop_oneof![
+        Just(SlotEventKind::WorkerStarted),
+        Just(SlotEventKind::WorkerDied),
+        Just(SlotEventKind::GpuFault),
+    ];
+    let event = (
+        any::<u32>(),
+        any::<u64>(),
+        kind,
+        maybe(any::<u32>()),
+        maybe(text()),
+    )
+        .prop_map(|(slot, at_us, kind, pid, detail)| SlotEvent {
+            slot,
+            at_us,
+            kind,
+            pid,
+            detail,
+        });
+    let ratio = || maybe(0.0f32..=1.0);
+    let gpu = (text(), any::<u64>(), ratio(), ratio(), maybe(any::<u64>())).prop_map(
+        |(gpu_uuid, at_us, utilization_ratio, sm_activity_ratio, used)| GpuSample {
+            gpu_uuid,
+            at_us,
+            utilization_ratio,
+            sm_activity_ratio,
+            memory_used_bytes: used,
+            memory_total_bytes: used.map(|u| u.saturating_mul(2)),
+        },
+    );
+    let memory =
+        (any::<u32>(), any::<u64>()).prop_map(|(slot, bytes)| SlotGpuMemory { slot, bytes });
+    (
+        any::<u64>(),
+        vec(slot_state, 0..4),
+        vec(event, 0..4),
+        vec(gpu, 0..3),
+        vec(memory, 0..3),
+    )
+        .prop_map(
+            |(at_us, slots, slot_events, gpus, slot_gpu_memory)| ManagerReport {
+                at_us,
+                slots,
+                slot_events,
+                gpus,
+                slot_gpu_memory,
+            },
+        )
 }
 
 fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
@@ -320,6 +379,7 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
             any::<u64>(),
             any::<u64>(),
             vec(any::<u64>(), 0..8),
+            any::<bool>(),
             any::<bool>()
         )
             .prop_map(
@@ -329,6 +389,7 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
                     max_frame_bytes,
                     orphaned,
                     stores_results,
+                    wants_reports,
                 )| {
                     InterchangeMessage::Registered {
                         heartbeat_period_ms,
@@ -336,6 +397,7 @@ fn interchange_message() -> impl Strategy<Value = InterchangeMessage> {
                         max_frame_bytes,
                         orphaned,
                         stores_results,
+                        wants_reports,
                     }
                 }
             ),

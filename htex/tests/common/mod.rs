@@ -62,10 +62,17 @@ pub struct TestInterchange {
     pub process: Running,
     pub client_endpoint: String,
     pub manager_port: String,
+    /// `http://HOST:PORT/metrics`, with `--metrics-address`.
+    pub metrics: Option<String>,
 }
 
 /// An interchange on `address` with heartbeats every 0.5 s and a 2 s threshold.
 pub async fn interchange(name: &str, address: &str) -> TestInterchange {
+    interchange_with(name, address, &[]).await
+}
+
+/// `interchange`, with more flags.
+pub async fn interchange_with(name: &str, address: &str, extra: &[&str]) -> TestInterchange {
     let dir: PathBuf = std::env::temp_dir().join(format!("htex-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let addresses = dir.join("addresses.json");
@@ -85,6 +92,7 @@ pub async fn interchange(name: &str, address: &str) -> TestInterchange {
         // These tests are about faults, not keys (tests/tests/curve.rs has those).
         args.push("--insecure");
     }
+    args.extend_from_slice(extra);
     let process = htex(&args);
     let endpoints = read_endpoints(&addresses, "").await;
     let endpoint = |key: &str| endpoints[key].as_str().unwrap().to_string();
@@ -94,6 +102,7 @@ pub async fn interchange(name: &str, address: &str) -> TestInterchange {
         process,
         client_endpoint: format!("tcp://127.0.0.1:{client_port}"),
         manager_port,
+        metrics: endpoints["metrics"].as_str().map(str::to_string),
     }
 }
 

@@ -33,6 +33,7 @@ fn scaled(config: ScalingConfig, walltime: Option<Duration>) -> Harness {
             "plaintext (loopback)",
             Some(Scaling::new(config, shape)),
             None,
+            true,
             now,
         ),
         now,

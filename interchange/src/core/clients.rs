@@ -26,6 +26,8 @@ pub(crate) struct ClientRecord {
     /// The frame limit of the link to it (the smaller of both ends').
     pub max_frame_bytes: usize,
     /// Its identity's number in the journal: only journaled clients have one.
+    /// Whether the event stream has been told its name.
+    pub announced: bool,
     pub identity: Option<IdentityNumber>,
     /// The highest task id taken from it: a re-sent task up to it is a duplicate.
     pub accepted_upto: TaskId,
@@ -71,6 +73,7 @@ impl ClientRecord {
             departed: false,
             max_frame_bytes,
             identity: None,
+            announced: false,
             accepted_upto: 0,
             online: true,
             sent: VecDeque::new(),
@@ -294,6 +297,7 @@ impl Core {
             // the tasks it still has outstanding.
             Some(client) => {
                 client.name = hello.name;
+                client.announced = false;
                 client.departed = false;
                 client.max_frame_bytes = limit;
             }
@@ -357,6 +361,7 @@ impl Core {
             clients.keys.insert(peer.clone(), key);
         }
         record.name = hello.name;
+        record.announced = false;
         record.departed = false;
         record.online = true;
         record.max_frame_bytes = limit;
@@ -663,6 +668,9 @@ impl Core {
             max_task_bytes: self.config.max_queued_bytes as u64,
             security: self.security.to_string(),
             scaling: self.scaling_report(now.at).map(Box::new),
+            submitted_total: self.totals.submitted,
+            completed_total: self.totals.completed,
+            failed_total: self.totals.failed,
         }
     }
 }

@@ -12,6 +12,7 @@ fn journaled() -> Harness {
             "plaintext (loopback)",
             None,
             Some(JournalState::new(std::path::Path::new("test.journal"))),
+            true,
             now,
         ),
         now,

@@ -522,7 +522,7 @@ impl Core {
         if self.tasks.next_id() < gid {
             self.tasks.skip_to(gid);
         }
-        self.insert_task(client, id, spec, &decoded, TaskState::Held, now);
+        self.insert_task(client, id, spec, &decoded, TaskState::Held, true, now);
         Ok(())
     }
 

@@ -12,6 +12,9 @@ use htex_protocol::{
     Registration, ResourceRequest, TaskError, TaskId, PROTOCOL_VERSION,
 };
 
+use htex_monitoring::event::Registered;
+use htex_monitoring::Event;
+
 use super::{link_limit, version_mismatch, BadFrame, Core, Effects, Incoming, Now, Side};
 use crate::records::{GlobalId, IdMap, IdSet, ManagerKey, TaskState};
 
@@ -38,6 +41,8 @@ pub(crate) struct ManagerRecord {
     pub held_bytes: usize,
     /// Results received from this registration (what `Stored` counts).
     pub results_received: u64,
+    /// Its last report (slot states, GPU samples), for `htex status`.
+    pub last_report: Option<Box<htex_protocol::ManagerReport>>,
 }
 
 impl ManagerRecord {
@@ -58,6 +63,7 @@ impl ManagerRecord {
             reservations: IdMap::default(),
             held_bytes: 0,
             results_received: 0,
+            last_report: None,
         }
     }
 
@@ -134,6 +140,7 @@ impl ManagerRecord {
             tasks: self.tasks.len() as u32,
             capacity: self.capacity() as u32,
             last_heartbeat_ms_ago: now.saturating_duration_since(self.last_seen).as_millis() as u64,
+            report: self.last_report.clone(),
         }
     }
 }
@@ -248,7 +255,22 @@ impl Core {
                 }
             }
             ManagerMessage::Heartbeat => {}
-            ManagerMessage::Goodbye => self.lose_manager(key, "it said goodbye"),
+            ManagerMessage::Report(report) => {
+                if self.events.is_some() {
+                    let report = report.clone();
+                    self.event(|| Event::ManagerReport {
+                        manager: key,
+                        report,
+                    });
+                }
+                if let Some(record) = self.managers.get_mut(key) {
+                    // `htex status` shows slot states and samples; the events went out above.
+                    let mut report = report;
+                    report.slot_events.clear();
+                    record.last_report = Some(report);
+                }
+            }
+            ManagerMessage::Goodbye => self.end_manager(key, "it said goodbye", true, false),
             ManagerMessage::Draining { returned } => self.on_draining(key, returned),
         }
     }
@@ -349,6 +371,28 @@ impl Core {
             record.state = old.state;
         }
         let key = self.managers.insert(record);
+        if let Some((old_key, _)) = &old {
+            let (old_key, at_us) = (*old_key, now.epoch_us);
+            self.event(|| Event::ManagerEnded {
+                manager: old_key,
+                at_us,
+                lost: false,
+                reason: "it registered again".into(),
+            });
+        }
+        if self.events.is_some() {
+            let r = &self.managers.get(key).expect("inserted").registration;
+            let registered = Registered {
+                manager: key,
+                manager_id: r.manager_id.clone(),
+                hostname: r.hostname.clone(),
+                block_id: r.block_id.clone(),
+                pid: r.pid,
+                slots: r.slots.clone(),
+                at_us: now.epoch_us,
+            };
+            self.event(|| Event::ManagerRegistered(Box::new(registered)));
+        }
         let orphaned = self.adopt(key, old, &held);
         if !orphaned.is_empty() {
             tracing::info!(
@@ -363,6 +407,8 @@ impl Core {
             max_frame_bytes: self.config.max_frame_bytes as u64,
             orphaned,
             stores_results: self.journal.is_some(),
+            // Reports feed `htex status` too: one small frame a heartbeat period.
+            wants_reports: true,
         };
         out.send(Side::Manager, &peer, &welcome);
         if previous.is_none() {
@@ -409,9 +455,15 @@ impl Core {
                 None => false,
             };
             if keep {
-                let (_, class) = state.expect("kept tasks exist");
+                let (previous, class) = state.expect("kept tasks exist");
                 let request = self.classes.get(class).request.clone();
                 let record = self.tasks.get_mut(&gid).expect("looked up above");
+                if !matches!(previous, TaskState::Dispatched { .. }) {
+                    // Queued after a loss, or restored: from here on it is a new attempt (the
+                    // event stream has ended the one before).
+                    record.dispatches = record.dispatches.saturating_add(1);
+                    record.dispatched_us = self.event_us;
+                }
                 record.state = TaskState::Dispatched { manager: key };
                 let bytes = record.bytes();
                 self.managers
@@ -434,35 +486,14 @@ impl Core {
                 let on_old = self.tasks.get(&gid).map(|t| t.state)
                     == Some(TaskState::Dispatched { manager: old_key });
                 if on_old {
-                    // The old record is gone: requeue as if from it, counting a loss only when
-                    // another instance took over (the old one may have run it).
-                    self.requeue_from_removed(gid, (!same_instance).then_some(name.as_str()));
+                    // The old record is gone (`requeue` releases nothing): requeue as if from
+                    // it, counting a loss only when another instance took over (the old one may
+                    // have run it).
+                    self.requeue(gid, (!same_instance).then_some(name.as_str()));
                 }
             }
         }
         orphaned
-    }
-
-    /// `requeue` for a task whose manager record was already removed.
-    fn requeue_from_removed(&mut self, gid: GlobalId, lost: Option<&str>) {
-        let Some(record) = self.tasks.get_mut(&gid) else {
-            return;
-        };
-        if let Some(manager) = lost {
-            record.losses += 1;
-            if record.losses > record.max_retries {
-                self.finish(
-                    gid,
-                    TaskError::ManagerLost {
-                        manager: manager.to_string(),
-                    },
-                );
-                return;
-            }
-        }
-        record.state = TaskState::Queued;
-        self.queued += 1;
-        self.classes.queue_task(record.class, record.priority, gid);
     }
 
     /// A manager stops taking tasks; those it gives back are queued again, with no loss counted.
@@ -472,6 +503,11 @@ impl Core {
         };
         manager.state = ManagerState::Draining;
         tracing::info!(manager = %manager.registration.manager_id, returned = returned.len(), "manager draining");
+        let at_us = self.event_us;
+        self.event(|| Event::ManagerDraining {
+            manager: key,
+            at_us,
+        });
         for gid in returned {
             if self.tasks.get(&gid).map(|t| t.state) == Some(TaskState::Dispatched { manager: key })
             {
@@ -488,6 +524,12 @@ impl Core {
     /// Loses a manager; its tasks go back to the queue, each loss counted against the task's
     /// retries when `charge` (not when its block ended by walltime or was released by htex).
     pub(super) fn lose_manager_charged(&mut self, key: ManagerKey, why: &str, charge: bool) {
+        self.end_manager(key, why, charge, charge);
+    }
+
+    /// Ends a manager's registration, its tasks queued again (`charge`: as losses); the event
+    /// stream records it as `lost`, or as gone when it left or its block ended as planned.
+    fn end_manager(&mut self, key: ManagerKey, why: &str, charge: bool, lost: bool) {
         let Some(record) = self.managers.get(key) else {
             return;
         };
@@ -503,6 +545,13 @@ impl Core {
         }
         self.managers.remove(key);
         self.cancels.remove(&key);
+        let at_us = self.event_us;
+        self.event(|| Event::ManagerEnded {
+            manager: key,
+            at_us,
+            lost,
+            reason: why.to_string(),
+        });
     }
 
     /// The command channel's manager commands.

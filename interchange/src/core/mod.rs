@@ -8,6 +8,7 @@
 mod blocks;
 mod clients;
 mod dispatch;
+mod events;
 mod journaled;
 mod managers;
 mod tasks;
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use bytes::Bytes;
+use htex_monitoring::Event;
 use htex_protocol::{encode, ClientRequest, ManagerMessage, PROTOCOL_VERSION};
 use serde::Serialize;
 
@@ -90,6 +92,8 @@ pub(crate) enum Effect {
     Provider(ProviderAction),
     /// Append to the journal (or replace it with a snapshot).
     Journal(crate::journal::Batch),
+    /// Hand these events to the monitor.
+    Events(Vec<htex_monitoring::Event>),
     /// The core shut down; nothing more comes.
     Stopped,
 }
@@ -108,6 +112,14 @@ impl Now {
             epoch_us: htex_protocol::now_us(),
         }
     }
+}
+
+/// Counts of tasks since the interchange started.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TaskTotals {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
 }
 
 /// The effects of the inputs applied so far, with the helpers that make them.
@@ -150,6 +162,12 @@ pub(crate) struct Core {
     scaling: Option<Scaling>,
     /// The journal's state, when the interchange keeps one (`--journal`).
     journal: Option<Box<JournalState>>,
+    /// Tasks accepted and ended since the start, for `htex status`.
+    totals: TaskTotals,
+    /// The event stream, when monitoring is on.
+    events: Option<Box<events::EventLog>>,
+    /// The wall-clock time of the input being applied, for events.
+    event_us: u64,
     stopped: bool,
 }
 
@@ -160,6 +178,7 @@ impl Core {
         security: &'static str,
         scaling: Option<Scaling>,
         journal: Option<JournalState>,
+        monitored: bool,
         now: Now,
     ) -> Core {
         Core {
@@ -175,6 +194,9 @@ impl Core {
             cancels: HashMap::new(),
             scaling,
             journal: journal.map(Box::new),
+            totals: TaskTotals::default(),
+            events: monitored.then(Box::default),
+            event_us: now.epoch_us,
             stopped: false,
         }
     }
@@ -184,6 +206,7 @@ impl Core {
         if self.stopped {
             return;
         }
+        self.event_us = now.epoch_us;
         match input {
             Input::Client { peer, message } => self.on_client(now, peer, message, out),
             Input::Manager { peer, message } => self.on_manager(now, peer, message, out),
@@ -229,6 +252,7 @@ impl Core {
         self.flush_results(out);
         self.resume_clients(out);
         self.flush_journal(out);
+        self.flush_events(out);
     }
 
     fn on_stalled(&mut self, side: Side, peer: Bytes, queued_bytes: usize, out: &mut Effects) {
@@ -264,6 +288,27 @@ impl Core {
         for peer in self.clients.connected_peers() {
             out.send(Side::Client, &peer, &htex_protocol::ClientReply::Heartbeat);
         }
+        if self.events.is_some() {
+            let gauges = self.gauges(now);
+            self.event(|| Event::Gauges(gauges));
+        }
+    }
+
+    /// The counters gauges show, for the event stream.
+    fn gauges(&self, now: Now) -> htex_monitoring::event::Gauges {
+        let outstanding = self.tasks.len() as u64;
+        htex_monitoring::event::Gauges {
+            at_us: now.epoch_us,
+            queued: self.queued as u64,
+            outstanding,
+            dispatched: self
+                .managers
+                .iter()
+                .map(|(_, m)| m.tasks.len() as u64)
+                .sum(),
+            clients: self.clients.connected_peers().len() as u32,
+            task_bytes: self.task_bytes as u64,
+        }
     }
 
     /// Tells managers to stop and ends every outstanding task with `Cancelled`.
@@ -288,6 +333,7 @@ impl Core {
         }
         self.flush_results(out);
         self.flush_journal(out);
+        self.flush_events(out);
         self.stopped = true;
         out.0.push(Effect::Stopped);
     }

@@ -8,6 +8,8 @@ use htex_protocol::{
     TaskSpec,
 };
 
+use htex_monitoring::Event;
+
 use super::{Core, Effects, Now, Side};
 use crate::records::{ClientKey, GlobalId, ManagerKey, TaskRecord, TaskState};
 
@@ -54,13 +56,14 @@ impl Core {
         } else {
             TaskState::Queued
         };
-        self.insert_task(client, client_task_id, task, &spec, state, now);
+        self.insert_task(client, client_task_id, task, &spec, state, false, now);
         Ok(gid)
     }
 
     /// Puts a task in the table under its spec's (global) id, and in its class's queue when
     /// `state` is `Queued`, keeping the counters true: a submitted task, or one restored from
-    /// the journal.
+    /// the journal (`restored`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn insert_task(
         &mut self,
         client: ClientKey,
@@ -68,9 +71,14 @@ impl Core {
         task: EncodedTask,
         spec: &TaskSpec,
         state: TaskState,
+        restored: bool,
         now: Now,
     ) {
         let gid = spec.id;
+        self.totals.submitted += u64::from(!restored);
+        if self.events.is_some() {
+            self.task_submitted(client, client_task_id, spec, state, restored, now);
+        }
         let class = self.classes.intern(&spec.resources);
         if state == TaskState::Queued {
             self.classes.queue_task(class, spec.priority, gid);
@@ -94,6 +102,7 @@ impl Core {
                 received_us: now.epoch_us,
                 dispatched_us: 0,
                 losses: 0,
+                dispatches: 0,
                 timeout_s: spec
                     .timeout_ms
                     .map_or(0, |ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)),
@@ -112,6 +121,8 @@ impl Core {
         record.state = TaskState::Queued;
         self.queued += 1;
         self.classes.queue_task(record.class, record.priority, gid);
+        let at_us = self.event_us;
+        self.event(|| Event::Queued { task: gid, at_us });
     }
 
     /// Ends a task with `Cancelled`: at once when it is not on a manager, else through the
@@ -145,6 +156,7 @@ impl Core {
         debug_assert_eq!(record.state, TaskState::Queued);
         record.state = TaskState::Dispatched { manager };
         record.dispatched_us = now.epoch_us;
+        record.dispatches = record.dispatches.saturating_add(1);
         self.queued -= 1;
         let request = &self.classes.get(record.class).request;
         let m = self
@@ -153,12 +165,19 @@ impl Core {
             .expect("the caller chose a registered manager");
         m.take(gid, request, record.task.0.len());
         m.last_busy = now.at;
-        Some(record.task.clone())
+        let task = record.task.clone();
+        self.event(|| Event::Dispatched {
+            task: gid,
+            manager,
+            at_us: now.epoch_us,
+        });
+        Some(task)
     }
 
     /// Puts a dispatched task back in its queue: its manager was lost (`lost`: counted against
     /// its retries, and past them it ends `ManagerLost`) or gave it back unstarted.
     pub(super) fn requeue(&mut self, gid: GlobalId, lost: Option<&str>) {
+        self.attempt_interrupted(gid, lost.is_some());
         let Some(record) = self.tasks.get_mut(&gid) else {
             return;
         };
@@ -169,8 +188,8 @@ impl Core {
             m.release(gid, record.task.0.len());
         }
         if let Some(manager) = lost {
-            record.losses += 1;
-            if record.losses > record.max_retries {
+            record.losses = record.losses.saturating_add(1);
+            if u32::from(record.losses) > record.max_retries {
                 let manager = manager.to_string();
                 self.finish(gid, TaskError::ManagerLost { manager });
                 return;
@@ -195,7 +214,15 @@ impl Core {
         result.timings.submitted_us = record.submitted_us;
         result.timings.received_us = record.received_us;
         result.timings.dispatched_us = record.dispatched_us;
-        result.attempts = record.losses + 1;
+        result.attempts = u32::from(record.losses) + 1;
+        if result.outcome.is_ok() {
+            self.totals.completed += 1;
+        } else {
+            self.totals.failed += 1;
+        }
+        if self.events.is_some() {
+            self.task_answered(gid, &record, manager, &result);
+        }
         self.deliver(record.client, gid, result);
     }
 
@@ -210,10 +237,14 @@ impl Core {
         let Some(record) = self.remove(gid) else {
             return;
         };
+        self.totals.failed += 1;
+        if self.events.is_some() {
+            self.task_failed(gid, &record, &error);
+        }
         let mut result = TaskResult::error(record.client_task_id, error);
         result.timings.submitted_us = record.submitted_us;
         result.timings.received_us = record.received_us;
-        result.attempts = record.losses;
+        result.attempts = u32::from(record.losses);
         self.deliver(record.client, if journaled { gid } else { 0 }, result);
     }
 

@@ -35,6 +35,7 @@ struct Sent {
     frame_sizes: Vec<usize>,
     provider: Vec<ProviderAction>,
     journal: Vec<crate::journal::Batch>,
+    events: Vec<htex_monitoring::Event>,
 }
 
 impl Sent {
@@ -170,7 +171,7 @@ impl Harness {
     fn new(config: InterchangeConfig) -> Harness {
         let now = Now::read();
         Harness {
-            core: Core::new(config, "plaintext (loopback)", None, None, now),
+            core: Core::new(config, "plaintext (loopback)", None, None, true, now),
             now,
             out: Effects::default(),
         }
@@ -200,6 +201,7 @@ impl Harness {
                 Effect::Disconnect { peer, .. } => sent.disconnected.push(peer),
                 Effect::Provider(action) => sent.provider.push(action),
                 Effect::Journal(batch) => sent.journal.push(batch),
+                Effect::Events(events) => sent.events.extend(events),
                 Effect::Stopped => {}
             }
         }
@@ -691,4 +693,140 @@ fn a_million_answered_tasks_leave_nothing_behind() {
     let m = h.core.managers.iter().next().unwrap().1;
     assert_eq!((m.tasks.len(), m.held_bytes), (0, 0));
     assert!(encode(&ClientRequest::Heartbeat).is_ok());
+}
+
+#[test]
+fn the_event_stream_tells_each_task_s_attempts_and_each_manager_s_end() {
+    use htex_monitoring::event::AttemptOutcome;
+    use htex_monitoring::Event;
+    let mut h = Harness::new(config());
+    let mut events = Vec::new();
+    events.extend(h.hello("c").events);
+    events.extend(
+        h.register("a", registration("a", 1, cpu_slots(1), 0))
+            .events,
+    );
+    let retried = TaskSpec {
+        max_retries: 1,
+        ..spec(1)
+    };
+    events.extend(h.submit("c", vec![retried]).events);
+    h.advance(Duration::from_secs(4));
+    events.extend(
+        h.register("b", registration("b", 2, cpu_slots(1), 0))
+            .events,
+    );
+    events.extend(h.manager("b", ManagerMessage::Heartbeat).events);
+    h.advance(Duration::from_secs(3));
+    let sent = h.tick();
+    let gid = sent.tasks("b")[0].id;
+    events.extend(sent.events);
+    let mut result = ok_result(gid);
+    result.slot = Some(htex_protocol::SlotRef {
+        manager: "b".into(),
+        slot: 0,
+    });
+    result.timings.started_us = h.now.epoch_us + 10;
+    result.timings.finished_us = h.now.epoch_us + 20;
+    events.extend(h.manager("b", ManagerMessage::Results(vec![result])).events);
+
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ClientConnected { .. } => Some("client"),
+            Event::Submitted(_) => Some("submitted"),
+            Event::Dispatched { .. } => Some("dispatched"),
+            Event::AttemptEnded { .. } => Some("attempt ended"),
+            Event::Ended(_) => Some("ended"),
+            Event::ManagerRegistered(_) => Some("registered"),
+            Event::ManagerEnded { .. } => Some("manager ended"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "registered",
+            "client",
+            "submitted",
+            "dispatched",
+            "registered",
+            "attempt ended",
+            "manager ended",
+            "dispatched",
+            "ended"
+        ]
+    );
+    let lost = events.iter().find_map(|e| match e {
+        Event::AttemptEnded { task, attempt } => Some((*task, attempt.clone())),
+        _ => None,
+    });
+    let (task, lost) = lost.expect("the lost attempt");
+    assert_eq!(
+        (task, lost.attempt, lost.outcome),
+        (gid, 1, AttemptOutcome::Lost)
+    );
+    assert!(events.iter().any(|e| matches!(e,
+        Event::ManagerEnded { lost: true, reason, .. } if reason.contains("no message"))));
+    let Some(Event::Ended(ended)) = events.last() else {
+        panic!("the task ends last: {events:?}");
+    };
+    let last = ended.last.as_ref().expect("answered by a manager");
+    assert_eq!((ended.attempts, last.attempt, last.slot), (2, 2, Some(0)));
+    assert_eq!(last.outcome, AttemptOutcome::Completed);
+    assert_eq!(last.finished_us - last.started_us, 10);
+    assert!(ended.error.is_none());
+}
+
+#[test]
+fn a_task_ended_by_the_interchange_says_why_and_no_attempt_when_never_sent() {
+    use htex_monitoring::Event;
+    let mut h = Harness::new(config());
+    h.hello("c");
+    let sent = h.submit("c", vec![spec(1)]);
+    let gid = sent
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Submitted(s) => Some(s.task),
+            _ => None,
+        })
+        .expect("submitted");
+    let sent = h.client("c", ClientRequest::Cancel(vec![1]));
+    let ended = sent.events.iter().find_map(|e| match e {
+        Event::Ended(ended) => Some(ended.clone()),
+        _ => None,
+    });
+    let ended = ended.expect("the cancel ends it");
+    assert_eq!((ended.task, ended.attempts), (gid, 0));
+    assert!(ended.last.is_none());
+    assert!(matches!(ended.error, Some(("Cancelled", _))), "{ended:?}");
+}
+
+#[test]
+fn a_task_lost_past_its_retries_has_its_lost_attempt_once() {
+    use htex_monitoring::event::AttemptOutcome;
+    use htex_monitoring::Event;
+    let mut h = Harness::new(config());
+    h.hello("c");
+    h.register("a", registration("a", 1, cpu_slots(1), 0));
+    h.submit("c", vec![spec(1)]);
+    h.advance(Duration::from_secs(7));
+    let events = h.tick().events;
+    let lost: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AttemptEnded { attempt, .. } => Some(attempt.outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost, [AttemptOutcome::Lost]);
+    let ended = events.iter().find_map(|e| match e {
+        Event::Ended(ended) => Some(ended.clone()),
+        _ => None,
+    });
+    let ended = ended.expect("ManagerLost ends it");
+    assert!(matches!(ended.error, Some(("ManagerLost", _))), "{ended:?}");
+    assert!(ended.last.is_none(), "the lost attempt is not ended twice");
+    assert_eq!(ended.attempts, 1);
 }

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use htex_protocol::{SlotKind, TaskError, WorkerReply};
+use htex_protocol::{SlotEventKind, SlotKind, TaskError, WorkerReply};
 use tokio::sync::mpsc;
 
 use super::{Event, State, WorkerEvent};
@@ -131,6 +131,16 @@ impl State {
         let on_gpu = |kind: SlotKind, uuid: Option<&str>| {
             kind == SlotKind::Mps && uuid == Some(fault.gpu_uuid.as_str())
         };
+        let hit: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let d = &self.slots[i].descriptor;
+                on_gpu(d.kind, d.gpu_uuid.as_deref())
+            })
+            .collect();
+        for &i in &hit {
+            let pid = self.slots[i].pid;
+            self.slot_event(i, SlotEventKind::GpuFault, pid, Some(fault.line.clone()));
+        }
         for slot in self.slots.iter_mut() {
             if !on_gpu(slot.descriptor.kind, slot.descriptor.gpu_uuid.as_deref()) {
                 continue;

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use htex_protocol::{SlotRef, TaskError, TaskResult, WorkerReply};
+use htex_protocol::{SlotEventKind, SlotRef, TaskError, TaskResult, WorkerReply};
 
 use super::slot::{QueuedTask, RunningTask, SlotState, WorkerPipe};
 use super::{State, WorkerEvent};
@@ -49,6 +49,8 @@ impl State {
             WorkerEvent::Reply(WorkerReply::Ready { pid, .. }) => {
                 tracing::debug!(slot = index, pid, "worker ready");
                 self.slots[index].state = SlotState::Idle;
+                self.slots[index].pid = Some(pid);
+                self.slot_event(index, SlotEventKind::WorkerStarted, Some(pid), None);
             }
             WorkerEvent::Reply(WorkerReply::Done(result)) => self.on_done(index, result),
             WorkerEvent::Exited { detail, by_signal } => self.on_exit(index, detail, by_signal),
@@ -91,6 +93,8 @@ impl State {
     /// A worker died (or was killed): its task ends, the tasks in its pipe go back, and a new
     /// worker starts.
     fn on_exit(&mut self, index: usize, detail: String, by_signal: bool) {
+        let pid = self.slots[index].pid.take();
+        self.slot_event(index, SlotEventKind::WorkerDied, pid, Some(detail.clone()));
         let slot = &mut self.slots[index];
         slot.process = None;
         let queued = std::mem::take(&mut slot.queued);

@@ -2,13 +2,14 @@
 //! Events come from the link's reader, the workers' readers and the manager's handles; each
 //! burst of them is followed by assigning pending tasks and, when due, flushing results. The
 //! concerns live beside this loop: `slot` (a slot's state), `assign` (which worker runs which
-//! task), `outbox` (results), `session` (links and reconnects), `lifecycle` (worker processes)
-//! and `faults` (GPU faults on MPS slots).
+//! task), `outbox` (results), `session` (links and reconnects), `lifecycle` (worker processes),
+//! `faults` (GPU faults on MPS slots) and `report` (reports for a monitoring interchange).
 
 mod assign;
 mod faults;
 mod lifecycle;
 mod outbox;
+mod report;
 mod session;
 mod slot;
 
@@ -59,6 +60,8 @@ pub(crate) enum Event {
         logs: Vec<FaultLog>,
         faults: Vec<GpuFault>,
     },
+    /// A round of GPU samples (the sampler thread).
+    GpuSamples(crate::gpu_sampler::GpuRound),
     Stop,
 }
 
@@ -188,6 +191,10 @@ pub(crate) struct State {
     drain_deadline: Option<Instant>,
     last_heard: Instant,
     last_sent: Instant,
+    /// Reports for an interchange that records events.
+    reporting: report::Reporting,
+    /// Samples the slots' GPUs while it lives.
+    _gpu_sampler: Option<crate::gpu_sampler::GpuSampler>,
 }
 
 impl State {
@@ -232,7 +239,10 @@ impl State {
             drain_deadline: None,
             last_heard: now,
             last_sent: now,
+            reporting: report::Reporting::default(),
+            _gpu_sampler: None,
         };
+        state._gpu_sampler = state.start_gpu_sampler();
         state.install(registered);
         state
     }
@@ -278,6 +288,7 @@ impl State {
                 }
             }
             Event::FaultsRead { logs, faults } => self.on_faults_read(logs, faults),
+            Event::GpuSamples(round) => self.on_gpu_samples(round),
             Event::Stop => {
                 if let Some(link) = &mut self.link {
                     link.send(&ManagerMessage::Goodbye).await;

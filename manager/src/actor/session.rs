@@ -36,6 +36,7 @@ impl State {
         self.frame_limit = self.config.max_frame_bytes.min(session.max_frame_bytes);
         self.outbox.set_frame_limit(self.frame_limit);
         self.outbox.new_link(session.stores_results);
+        self.reporting.on = session.wants_reports;
     }
 
     /// Registered again after losing the link: the tasks the interchange no longer expects are
@@ -137,7 +138,12 @@ impl State {
             );
             return self.lose_link(&why);
         }
-        if now.duration_since(self.last_sent) >= self.heartbeat.period {
+        if let Some(report) = self.due_report(now) {
+            if let Some(link) = &mut self.link {
+                link.send(&report).await;
+            }
+            self.last_sent = now;
+        } else if now.duration_since(self.last_sent) >= self.heartbeat.period {
             if let Some(link) = &mut self.link {
                 link.send(&ManagerMessage::Heartbeat).await;
             }

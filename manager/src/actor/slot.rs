@@ -89,6 +89,8 @@ pub(crate) struct Slot<P> {
     /// Moving average of how long this slot's tasks ran (µs), as the worker timed them.
     pub run_avg_us: Option<f64>,
     pub process: Option<P>,
+    /// Its worker's pid, once the worker said `Ready`.
+    pub pid: Option<u32>,
     pub generation: u64,
     pub spawned_at: Instant,
     /// Consecutive quick deaths, for restart backoff.
@@ -108,6 +110,7 @@ impl<P: WorkerPipe> Slot<P> {
             queued: VecDeque::new(),
             run_avg_us: None,
             process: None,
+            pid: None,
             generation: 0,
             spawned_at: now,
             quick_deaths: 0,

@@ -59,6 +59,9 @@ pub struct ManagerConfig {
     pub max_frame_bytes: usize,
     /// How long a drain waits for running tasks before the manager stops anyway.
     pub drain_timeout: Duration,
+    /// How often the slots' GPUs are sampled (NVML) for the interchange's reports (zero:
+    /// never).
+    pub gpu_sample_period: Duration,
     /// Warm runners every slot hosts, by name.
     pub runners: BTreeMap<String, RunnerSpec>,
     /// Answer every task at once without running it (no workers are started), to measure the
@@ -121,6 +124,7 @@ impl ManagerConfig {
             max_frame_bytes: htex_protocol::DEFAULT_MAX_FRAME_BYTES,
             zero_worker: false,
             drain_timeout: Duration::from_secs(20),
+            gpu_sample_period: Duration::from_secs(5),
             runners: BTreeMap::new(),
             cpu_affinity: CpuAffinity::None,
             cores_per_slot: None,
@@ -177,6 +181,7 @@ impl ManagerConfig {
             ("connect_timeout", self.connect_timeout),
             ("reconnect_timeout", self.reconnect_timeout),
             ("drain_timeout", self.drain_timeout),
+            ("gpu_sample_period", self.gpu_sample_period),
             ("mps_control_timeout", self.mps_control_timeout),
         ];
         for (name, duration) in durations {

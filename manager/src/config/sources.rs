@@ -59,6 +59,7 @@ pub struct ManagerFile {
     pub runner_start: Option<RunnerStart>,
     pub reconnect_timeout: Option<f64>,
     pub drain_timeout: Option<f64>,
+    pub gpu_sample_period: Option<f64>,
     pub cpu_affinity: Option<String>,
     pub cores_per_slot: Option<usize>,
     /// Offer CPU slots when GPU slots are asked for and NVML is not available.
@@ -121,6 +122,8 @@ pub struct ManagerOverrides {
     pub runner_start: Option<RunnerStart>,
     /// Seconds.
     pub drain_timeout: Option<f64>,
+    /// Seconds.
+    pub gpu_sample_period: Option<f64>,
     /// Seconds.
     pub reconnect_timeout: Option<f64>,
     pub cpu_affinity: Option<String>,
@@ -353,6 +356,9 @@ impl ManagerConfig {
         }
         if let Some(value) = o.drain_timeout.or(file.drain_timeout) {
             config.drain_timeout = seconds("drain-timeout", value)?;
+        }
+        if let Some(value) = o.gpu_sample_period.or(file.gpu_sample_period) {
+            config.gpu_sample_period = seconds("gpu-sample-period", value)?;
         }
         if let Some(affinity) = o.cpu_affinity.clone().or(file.cpu_affinity) {
             config.cpu_affinity = affinity.parse()?;
