@@ -344,6 +344,16 @@ async fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         "{body}"
     );
     assert_eq!(sample(&body, "htex_task_run_seconds_count"), Some(201.0));
+    for slot in 0..2 {
+        let busy = sample(
+            &body,
+            &format!("htex_slot_busy_seconds_total{{manager=\"m\",slot=\"{slot}\"}}"),
+        );
+        assert!(
+            busy.is_some_and(|s| s > 0.0),
+            "slot {slot} busy seconds: {body}"
+        );
+    }
     let (code, _) = tokio::task::spawn_blocking({
         let url = url.replace("/metrics", "/other");
         move || http_get(&url)

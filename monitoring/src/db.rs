@@ -127,14 +127,18 @@ impl Database {
 
     /// Writes a batch of events into the open transaction (one is begun if none is).
     pub fn apply(&mut self, events: &[Event]) -> Result<(), DbError> {
-        if !self.in_transaction {
-            self.conn
-                .execute_batch("BEGIN")
-                .map_err(|e| self.write_error(e))?;
-            self.in_transaction = true;
-        }
+        self.begin().map_err(|e| self.write_error(e))?;
         for event in events {
             self.apply_one(event).map_err(|e| self.write_error(e))?;
+        }
+        Ok(())
+    }
+
+    /// Opens the transaction writes go into, unless one is open.
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if !self.in_transaction {
+            self.conn.execute_batch("BEGIN")?;
+            self.in_transaction = true;
         }
         Ok(())
     }
@@ -244,10 +248,7 @@ impl Database {
         if old.is_empty() {
             return Ok(());
         }
-        if !self.in_transaction {
-            self.conn.execute_batch("BEGIN")?;
-            self.in_transaction = true;
-        }
+        self.begin()?;
         for id in old {
             if let Some(task) = self.pending.remove(&id) {
                 self.insert_task(&task, None)?;

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use htex_protocol::{ManagerReport, SlotDescriptor};
 
-use crate::event::{AttemptOutcome, Event, Gauges, ManagerKey};
+use crate::event::{AttemptOutcome, Ended, Event, Gauges, ManagerKey};
 
 /// Histogram buckets in seconds: a no-op task takes about 100 µs end to end, a model call
 /// seconds, a simulation an hour.
@@ -67,8 +67,8 @@ pub struct Metrics {
     managers_lost: u64,
     managers: BTreeMap<ManagerKey, ManagerEntry>,
     slot_events: BTreeMap<&'static str, u64>,
-    /// Seconds each slot spent running tasks, by (manager id, slot).
-    slot_busy: HashMap<(String, u32), f64>,
+    /// Seconds each slot of a registered manager spent running tasks, by (manager, slot).
+    slot_busy: HashMap<(ManagerKey, u32), f64>,
     queue_time: Histogram,
     run_time: Histogram,
     latency: Histogram,
@@ -104,29 +104,7 @@ impl Metrics {
                     .entry(attempt.outcome.as_str())
                     .or_default() += 1;
             }
-            Event::Ended(ended) => {
-                let key = match &ended.error {
-                    None => ("completed", ""),
-                    Some((kind, _)) => ("failed", *kind),
-                };
-                *self.ended.entry(key).or_default() += 1;
-                if ended.queue_us > 0 {
-                    self.queue_time.observe(ended.queue_us as f64 / 1e6);
-                }
-                if let Some(last) = ended.last.as_ref().filter(|a| a.started_us > 0) {
-                    let run = last.finished_us.saturating_sub(last.started_us) as f64 / 1e6;
-                    self.run_time.observe(run);
-                    if let (Some(slot), Some(m)) = (last.slot, self.managers.get(&last.manager)) {
-                        *self.slot_busy.entry((m.id.clone(), slot)).or_default() += run;
-                    }
-                }
-                if let Some(last) = &ended.last {
-                    if last.outcome == AttemptOutcome::Completed && last.dispatched_us > 0 {
-                        let total = last.ended_us.saturating_sub(last.dispatched_us);
-                        self.latency.observe(total as f64 / 1e6);
-                    }
-                }
-            }
+            Event::Ended(ended) => self.on_ended(ended),
             Event::ManagerRegistered(m) => {
                 self.managers_registered += 1;
                 self.managers.insert(
@@ -145,10 +123,9 @@ impl Metrics {
                 }
             }
             Event::ManagerEnded { manager, lost, .. } => {
-                if let Some(gone) = self.managers.remove(manager) {
-                    // Its series end with it: blocks come and go with new manager ids.
-                    self.slot_busy.retain(|(id, _), _| *id != gone.id);
-                }
+                // Its series end with it: blocks come and go with new manager ids.
+                self.managers.remove(manager);
+                self.slot_busy.retain(|(key, _), _| key != manager);
                 self.managers_lost += u64::from(*lost);
             }
             Event::ManagerReport { manager, report } => {
@@ -161,6 +138,34 @@ impl Metrics {
             }
             Event::Gauges(g) => self.gauges = g.clone(),
             Event::ClientConnected { .. } | Event::Queued { .. } | Event::Dispatched { .. } => {}
+        }
+    }
+
+    fn on_ended(&mut self, ended: &Ended) {
+        let key = match &ended.error {
+            None => ("completed", ""),
+            Some((kind, _)) => ("failed", *kind),
+        };
+        *self.ended.entry(key).or_default() += 1;
+        if ended.queue_us > 0 {
+            self.queue_time.observe(ended.queue_us as f64 / 1e6);
+        }
+        let Some(last) = &ended.last else {
+            return;
+        };
+        if last.started_us > 0 {
+            let run = last.finished_us.saturating_sub(last.started_us) as f64 / 1e6;
+            self.run_time.observe(run);
+            if let Some(slot) = last
+                .slot
+                .filter(|_| self.managers.contains_key(&last.manager))
+            {
+                *self.slot_busy.entry((last.manager, slot)).or_default() += run;
+            }
+        }
+        if last.outcome == AttemptOutcome::Completed && last.dispatched_us > 0 {
+            let total = last.ended_us.saturating_sub(last.dispatched_us);
+            self.latency.observe(total as f64 / 1e6);
         }
     }
 
@@ -338,9 +343,15 @@ impl Metrics {
             "Seconds each slot spent running tasks.",
             "counter",
         );
-        let mut busy: Vec<_> = self.slot_busy.iter().collect();
-        busy.sort_by(|a, b| a.0.cmp(b.0));
-        for ((manager, slot), seconds) in busy {
+        let mut busy: Vec<_> = self
+            .slot_busy
+            .iter()
+            .filter_map(|((key, slot), seconds)| {
+                Some((&self.managers.get(key)?.id, *slot, *seconds))
+            })
+            .collect();
+        busy.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        for (manager, slot, seconds) in busy {
             let _ = writeln!(
                 out,
                 "htex_slot_busy_seconds_total{{manager=\"{}\",slot=\"{slot}\"}} {seconds}",

@@ -136,19 +136,16 @@ impl Core {
         manager: ManagerKey,
         result: &TaskResult,
     ) {
-        let mut last = self.attempt_of(record, manager, answered(&result.outcome));
+        let error = result.outcome.as_ref().err();
+        let mut last = self.attempt_of(record, manager, attempt_outcome(error));
         last.slot = result.slot.as_ref().map(|s| s.slot);
         last.started_us = result.timings.started_us;
         last.finished_us = result.timings.finished_us;
-        last.error_kind = result.outcome.as_ref().err().map(TaskError::kind);
+        last.error_kind = error.map(TaskError::kind);
         let ended = Ended {
             task: gid,
             ended_us: self.event_us,
-            error: result
-                .outcome
-                .as_ref()
-                .err()
-                .map(|e| (e.kind(), e.to_string())),
+            error: error.map(|e| (e.kind(), e.to_string())),
             attempts: u32::from(record.dispatches),
             last: Some(last),
             queue_us: record.dispatched_us.saturating_sub(record.received_us),
@@ -163,7 +160,7 @@ impl Core {
             // A lost manager's task past its retries: that attempt ended as `lost`, already.
             TaskState::Dispatched { .. } if matches!(error, TaskError::ManagerLost { .. }) => None,
             TaskState::Dispatched { manager } => {
-                let mut last = self.attempt_of(record, manager, answered(&Err(error.clone())));
+                let mut last = self.attempt_of(record, manager, attempt_outcome(Some(error)));
                 last.error_kind = Some(error.kind());
                 Some(last)
             }
@@ -195,11 +192,11 @@ impl Core {
     }
 }
 
-/// How a manager's answer ended an attempt.
-pub(super) fn answered(outcome: &Result<htex_protocol::TaskOutput, TaskError>) -> AttemptOutcome {
-    match outcome {
-        Ok(_) => AttemptOutcome::Completed,
-        Err(TaskError::Cancelled { .. }) => AttemptOutcome::Cancelled,
-        Err(_) => AttemptOutcome::Failed,
+/// How an attempt that ended its task ended: with no error, or with this one.
+fn attempt_outcome(error: Option<&TaskError>) -> AttemptOutcome {
+    match error {
+        None => AttemptOutcome::Completed,
+        Some(TaskError::Cancelled { .. }) => AttemptOutcome::Cancelled,
+        Some(_) => AttemptOutcome::Failed,
     }
 }

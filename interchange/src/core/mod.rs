@@ -296,11 +296,10 @@ impl Core {
 
     /// The counters gauges show, for the event stream.
     fn gauges(&self, now: Now) -> htex_monitoring::event::Gauges {
-        let outstanding = self.tasks.len() as u64;
         htex_monitoring::event::Gauges {
             at_us: now.epoch_us,
             queued: self.queued as u64,
-            outstanding,
+            outstanding: self.tasks.len() as u64,
             dispatched: self
                 .managers
                 .iter()
