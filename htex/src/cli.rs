@@ -202,6 +202,20 @@ struct TopArgs {
     every: f64,
 }
 
+/// An error and its causes as one sentence, each cause once: library errors often name their
+/// source in their own message already (`cannot open X: <source>`), and the chain repeats it.
+fn sentence(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 /// Runs the command line; errors are printed, not panicked.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -220,7 +234,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("htex: {e:#}");
+            eprintln!("htex: {}", sentence(&e));
             ExitCode::from(2)
         }
     }
@@ -541,5 +555,25 @@ fn print_status(report: &StatusReport) {
         for slot in &m.slots {
             println!("  slot {slot}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sentence;
+
+    #[test]
+    fn an_error_names_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot open j: {source}")]
+        struct Open {
+            source: std::io::Error,
+        }
+        let error = anyhow::Error::new(Open { source: io }).context("starting the interchange");
+        assert_eq!(
+            sentence(&error),
+            "starting the interchange: cannot open j: no such file"
+        );
     }
 }
